@@ -4,4 +4,6 @@
 //! local callers over a Unix socket. See DESIGN.md for the behaviour.
 
 pub mod clock;
+pub mod policy;
 pub mod types;
+pub mod url;

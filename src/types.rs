@@ -326,7 +326,16 @@ mod tests {
 
     #[test]
     fn spans_refuse_missing_units_zero_and_garbage() {
-        for bad in ["", "5", "0s", "m", "5x", "-5m", "1.5h", "99999999999999999999s"] {
+        for bad in [
+            "",
+            "5",
+            "0s",
+            "m",
+            "5x",
+            "-5m",
+            "1.5h",
+            "99999999999999999999s",
+        ] {
             assert!(Span::parse(bad).is_err(), "{bad:?} was accepted");
         }
     }
