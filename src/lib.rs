@@ -4,6 +4,7 @@
 //! local callers over a Unix socket. See DESIGN.md for the behaviour.
 
 pub mod clock;
+pub mod config;
 pub mod policy;
 pub mod types;
 pub mod url;

@@ -369,11 +369,13 @@ impl Checker<'_> {
     }
 }
 
-/// Converts a toml error into [`PolicyError::Syntax`]-like parts.
+/// 1-based line and column of a toml error, and its message: shared with
+/// the config loader so both report syntax errors the same way.
 pub(crate) fn toml_position(text: &str, err: &toml::de::Error) -> (usize, usize, String) {
     let (line, column) = match err.span() {
         Some(span) => {
-            let before = &text[..span.start.min(text.len())];
+            // `get` rather than slicing: never panic on a span off a char boundary.
+            let before = text.get(..span.start).unwrap_or(text);
             let line = before.matches('\n').count() + 1;
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
             (line, column)

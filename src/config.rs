@@ -1,0 +1,893 @@
+//! The daemon config (`jwksd.toml`): raw serde form -> validated [`Config`],
+//! every rule with a `<file>: <section.field> = <value>: <rule>` message.
+//!
+//! Owns: parsing, defaults, and resolving relative paths against the config
+//! file's directory. Does not own: reading the master key or the policies,
+//! resolving `socket_group` (the server does both at start-up), or
+//! connecting to the store. Postgres passwords never reach `Debug`,
+//! `Display` or an error message.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::policy::toml_position;
+use crate::url::parse_web_url;
+
+/// Environment variable naming the config file (before `./jwksd.toml`).
+pub const CONFIG_ENV: &str = "JWKSD_CONFIG";
+/// The config file looked for in the working directory.
+pub const LOCAL_CONFIG_PATH: &str = "jwksd.toml";
+/// The system-wide config file, the last fallback.
+pub const SYSTEM_CONFIG_PATH: &str = "/etc/jwksd/jwksd.toml";
+/// Default `server.listen` (public JWKS listener).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default `server.socket`.
+pub const DEFAULT_SOCKET: &str = "/run/jwksd/jwksd.sock";
+/// Default `server.socket_mode`: owner and group read/write.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+/// Default `store.url`.
+pub const DEFAULT_STORE_URL: &str = "sqlite:///var/lib/jwksd/jwksd.db";
+/// Default `policies.dir`.
+pub const DEFAULT_POLICIES_DIR: &str = "/etc/jwksd/policies";
+
+/// Why the daemon config was refused. The Display is the whole message.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read config file: {source}", file.display())]
+    Read {
+        /// The config file.
+        file: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// TOML syntax error, unknown section or field, or wrong value type.
+    #[error("{}: line {line}, column {column}: {message}", file.display())]
+    Syntax {
+        /// The config file.
+        file: PathBuf,
+        /// 1-based line of the problem.
+        line: usize,
+        /// 1-based column of the problem.
+        column: usize,
+        /// The parser's message.
+        message: String,
+    },
+    /// A field breaks one of its rules.
+    #[error("{}: {field} = {value}: {rule}", file.display())]
+    Invalid {
+        /// The config file.
+        file: PathBuf,
+        /// `section.field`, e.g. `server.socket_mode`.
+        field: String,
+        /// The value as written (strings quoted, passwords redacted), or `(unset)`.
+        value: String,
+        /// The rule it breaks.
+        rule: String,
+    },
+}
+
+/// The validated daemon config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it was loaded from, as given (used in messages).
+    pub file: PathBuf,
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[store] url`; default `sqlite:///var/lib/jwksd/jwksd.db`.
+    pub store: StoreUrl,
+    /// `[seal] master_key_file`; `None` means the key comes from the
+    /// `JWKSD_MASTER_KEY` environment variable.
+    pub master_key_file: Option<PathBuf>,
+    /// `[policies] dir`; default `/etc/jwksd/policies`.
+    pub policies_dir: PathBuf,
+}
+
+/// `[server]`: listeners and the signing socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Public JWKS listener; default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// What EHRs fetch, trailing `/` dropped; https unless loopback. Required.
+    pub public_url: String,
+    /// PEM certificate chain when jwksd terminates TLS (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key when jwksd terminates TLS (with `tls_cert`).
+    pub tls_key: Option<PathBuf>,
+    /// Listener for `/metrics`, `/healthz`, `/readyz`; off when `None`.
+    pub admin_listen: Option<SocketAddr>,
+    /// Unix socket path; default `/run/jwksd/jwksd.sock`.
+    pub socket: PathBuf,
+    /// Socket file mode; default `0o660`; never world-writable.
+    pub socket_mode: u32,
+    /// Group owning the socket; `None` means the daemon's group. Resolved
+    /// (and an unknown name refused) at start-up, not here.
+    pub socket_group: Option<String>,
+}
+
+/// Where keys and audit records live; the scheme picks the backend.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `sqlite://PATH`, resolved against the config file's directory.
+    Sqlite(PathBuf),
+    /// `postgres://...` or `postgresql://...`, as written (may hold a
+    /// password: printed only through [`redact_url`]).
+    Postgres(String),
+}
+
+impl fmt::Display for StoreUrl {
+    /// The URL with any password replaced by `***`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreUrl::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            StoreUrl::Postgres(url) => f.write_str(&redact_url(url)),
+        }
+    }
+}
+
+impl fmt::Debug for StoreUrl {
+    /// Like Display: never shows a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreUrl::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            StoreUrl::Postgres(url) => f.debug_tuple("Postgres").field(&redact_url(url)).finish(),
+        }
+    }
+}
+
+/// Replaces the password of a URL's userinfo, and the value of any query
+/// parameter whose name contains "password", with `***`. Errs on the side
+/// of hiding: everything up to the last `@` before the query is userinfo.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let (head, rest) = url.split_at(scheme_end);
+    let query_at = rest.find('?').unwrap_or(rest.len());
+    let (before_query, query) = rest.split_at(query_at);
+    let mut out = head.to_owned();
+    match before_query.rfind('@') {
+        Some(at) => {
+            let (userinfo, host_and_path) = before_query.split_at(at);
+            match userinfo.find(':') {
+                Some(colon) => {
+                    out.push_str(&userinfo[..colon]);
+                    out.push_str(":***");
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push_str(host_and_path);
+        }
+        None => out.push_str(before_query),
+    }
+    if let Some(params) = query.strip_prefix('?') {
+        out.push('?');
+        let redacted: Vec<String> = params
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.to_ascii_lowercase().contains("password") => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out.push_str(&redacted.join("&"));
+    }
+    out
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    server: RawServer,
+    store: RawStore,
+    seal: RawSeal,
+    policies: RawPolicies,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: Option<String>,
+    public_url: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    admin_listen: Option<String>,
+    socket: Option<String>,
+    socket_mode: Option<toml::Value>,
+    socket_group: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawStore {
+    url: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawSeal {
+    master_key_file: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawPolicies {
+    dir: Option<String>,
+}
+
+/// Validation context: the file for messages, the base for relative paths.
+struct Checker<'a> {
+    file: &'a Path,
+    base: &'a Path,
+}
+
+impl Checker<'_> {
+    fn err(&self, field: &str, value: impl Into<String>, rule: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            field: field.to_owned(),
+            value: value.into(),
+            rule: rule.into(),
+        }
+    }
+
+    /// A path field: non-empty; relative ones join the config's directory.
+    fn path(&self, field: &str, text: &str) -> Result<PathBuf, ConfigError> {
+        if text.is_empty() {
+            return Err(self.err(field, "\"\"", "must not be empty"));
+        }
+        Ok(self.resolve(text))
+    }
+
+    fn resolve(&self, text: &str) -> PathBuf {
+        let p = Path::new(text);
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn addr(&self, field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+        text.parse().map_err(|_| {
+            self.err(
+                field,
+                format!("{text:?}"),
+                "must be an IP address and port, like \"127.0.0.1:8080\" or \"[::]:8080\"",
+            )
+        })
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative paths in it are resolved
+    /// against the file's directory, made absolute with the current
+    /// directory, so they stay right if the daemon later changes directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        let base = absolute.parent().unwrap_or(Path::new(""));
+        Config::validate(path, base, &text)
+    }
+
+    /// Validates config text without I/O; relative paths are resolved
+    /// against `file`'s directory as given (so stay relative if it is).
+    pub fn from_toml(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let base = file.parent().unwrap_or(Path::new(""));
+        Config::validate(file, base, text)
+    }
+
+    fn validate(file: &Path, base: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (line, column, message) = toml_position(text, &e);
+            ConfigError::Syntax {
+                file: file.to_owned(),
+                line,
+                column,
+                message,
+            }
+        })?;
+        let c = Checker { file, base };
+        let s = raw.server;
+
+        let listen = c.addr(
+            "server.listen",
+            s.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
+        )?;
+        let admin_listen = match s.admin_listen.as_deref() {
+            None => None,
+            Some(a) => Some(c.addr("server.admin_listen", a)?),
+        };
+
+        let public_url = match s.public_url.as_deref() {
+            None => {
+                return Err(c.err(
+                    "server.public_url",
+                    "(unset)",
+                    "required: the base URL EHRs fetch the JWKS from, like \"https://keys.example.com\"",
+                ));
+            }
+            Some(u) => {
+                let uri = parse_web_url(u)
+                    .map_err(|e| c.err("server.public_url", format!("{u:?}"), e.to_string()))?;
+                if uri.query().is_some() {
+                    return Err(c.err(
+                        "server.public_url",
+                        format!("{u:?}"),
+                        "must not contain a query: the JWKS paths are appended to it",
+                    ));
+                }
+                u.trim_end_matches('/').to_owned()
+            }
+        };
+
+        let (tls_cert, tls_key) = match (s.tls_cert.as_deref(), s.tls_key.as_deref()) {
+            (Some(cert), Some(key)) => (
+                Some(c.path("server.tls_cert", cert)?),
+                Some(c.path("server.tls_key", key)?),
+            ),
+            (None, None) => (None, None),
+            (Some(_), None) => {
+                return Err(c.err(
+                    "server.tls_key",
+                    "(unset)",
+                    "required when server.tls_cert is set (both or neither)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(c.err(
+                    "server.tls_cert",
+                    "(unset)",
+                    "required when server.tls_key is set (both or neither)",
+                ));
+            }
+        };
+
+        let socket = c.path(
+            "server.socket",
+            s.socket.as_deref().unwrap_or(DEFAULT_SOCKET),
+        )?;
+        let socket_mode = match &s.socket_mode {
+            None => DEFAULT_SOCKET_MODE,
+            Some(v) => parse_socket_mode(&c, v)?,
+        };
+        let socket_group = match s.socket_group {
+            Some(g) if g.is_empty() => {
+                return Err(c.err(
+                    "server.socket_group",
+                    "\"\"",
+                    "must not be empty (leave it out to use the daemon's group)",
+                ));
+            }
+            g => g,
+        };
+
+        let store = parse_store(&c, raw.store.url.as_deref().unwrap_or(DEFAULT_STORE_URL))?;
+        let master_key_file = match raw.seal.master_key_file.as_deref() {
+            None => None,
+            Some(p) => Some(c.path("seal.master_key_file", p)?),
+        };
+        let policies_dir = c.path(
+            "policies.dir",
+            raw.policies.dir.as_deref().unwrap_or(DEFAULT_POLICIES_DIR),
+        )?;
+
+        Ok(Config {
+            file: file.to_owned(),
+            server: ServerConfig {
+                listen,
+                public_url,
+                tls_cert,
+                tls_key,
+                admin_listen,
+                socket,
+                socket_mode,
+                socket_group,
+            },
+            store,
+            master_key_file,
+            policies_dir,
+        })
+    }
+}
+
+/// `socket_mode`: a quoted octal string such as `"0660"` (or `"0o660"`).
+fn parse_socket_mode(c: &Checker<'_>, value: &toml::Value) -> Result<u32, ConfigError> {
+    const FIELD: &str = "server.socket_mode";
+    let shown = value.to_string();
+    let text = match value {
+        toml::Value::String(s) => s.as_str(),
+        toml::Value::Integer(_) => {
+            return Err(c.err(
+                FIELD,
+                shown,
+                "must be a quoted octal string like \"0660\" (a bare number is read as decimal)",
+            ));
+        }
+        _ => return Err(c.err(FIELD, shown, "must be a quoted octal string like \"0660\"")),
+    };
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
+        return Err(c.err(FIELD, shown, "must be an octal mode like \"0660\""));
+    }
+    let mode = u32::from_str_radix(digits, 8).map_err(|_| {
+        c.err(
+            FIELD,
+            value.to_string(),
+            "must be an octal mode like \"0660\"",
+        )
+    })?;
+    if mode > 0o777 {
+        return Err(c.err(
+            FIELD,
+            shown,
+            "must be <= 0777: permission bits only (no setuid, setgid or sticky bit)",
+        ));
+    }
+    if mode & 0o002 != 0 {
+        return Err(c.err(
+            FIELD,
+            shown,
+            "must not grant write to others (o+w): connecting to a Unix socket needs write permission, so every local user could reach the signing API",
+        ));
+    }
+    Ok(mode)
+}
+
+/// `store.url`: `sqlite://PATH` or `postgres://...` / `postgresql://...`.
+fn parse_store(c: &Checker<'_>, url: &str) -> Result<StoreUrl, ConfigError> {
+    const FIELD: &str = "store.url";
+    let shown = || format!("{:?}", redact_url(url));
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err(c.err(
+                FIELD,
+                shown(),
+                "sqlite:// needs a path, like \"sqlite:///var/lib/jwksd/jwksd.db\"",
+            ));
+        }
+        if path.contains(['?', '#']) {
+            return Err(c.err(
+                FIELD,
+                shown(),
+                "must be sqlite://PATH with no query or fragment",
+            ));
+        }
+        return Ok(StoreUrl::Sqlite(c.resolve(path)));
+    }
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"));
+    match rest {
+        Some(r) if !r.is_empty() => Ok(StoreUrl::Postgres(url.to_owned())),
+        Some(_) => Err(c.err(
+            FIELD,
+            shown(),
+            "postgres:// needs a host or connection options",
+        )),
+        None => Err(c.err(
+            FIELD,
+            shown(),
+            "must be sqlite://PATH or postgres://... (postgresql://...)",
+        )),
+    }
+}
+
+/// The config file to use when `--config` is not given: `$JWKSD_CONFIG`
+/// (if set and non-empty), else `./jwksd.toml` if it exists, else
+/// `/etc/jwksd/jwksd.toml`.
+pub fn default_config_path() -> PathBuf {
+    choose_config_path(
+        std::env::var_os(CONFIG_ENV),
+        Path::new(LOCAL_CONFIG_PATH).is_file(),
+    )
+}
+
+fn choose_config_path(env: Option<OsString>, local_exists: bool) -> PathBuf {
+    match env {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ if local_exists => PathBuf::from(LOCAL_CONFIG_PATH),
+        _ => PathBuf::from(SYSTEM_CONFIG_PATH),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const F: &str = "etc/jwksd.toml";
+    const MIN: &str = "[server]\npublic_url = \"https://keys.example.com\"\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(Path::new(F), text)
+    }
+
+    /// `[server]` with public_url plus `server_extra`, then `rest` (other sections).
+    fn with(server_extra: &str, rest: &str) -> Result<Config, ConfigError> {
+        parse(&format!("{MIN}{server_extra}\n{rest}"))
+    }
+
+    fn message(r: Result<Config, ConfigError>) -> String {
+        match r {
+            Ok(c) => panic!("accepted: {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    // ---- happy paths ----
+
+    #[test]
+    fn defaults_are_applied_when_only_public_url_is_set() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.file, Path::new(F));
+        assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.server.public_url, "https://keys.example.com");
+        assert_eq!((c.server.tls_cert, c.server.tls_key), (None, None));
+        assert_eq!(c.server.admin_listen, None);
+        assert_eq!(c.server.socket, Path::new("/run/jwksd/jwksd.sock"));
+        assert_eq!(c.server.socket_mode, 0o660);
+        assert_eq!(c.server.socket_group, None);
+        assert_eq!(c.store, StoreUrl::Sqlite("/var/lib/jwksd/jwksd.db".into()));
+        assert_eq!(c.master_key_file, None);
+        assert_eq!(c.policies_dir, Path::new("/etc/jwksd/policies"));
+    }
+
+    #[test]
+    fn design_example_config_is_accepted() {
+        let c = parse(
+            r#"
+[server]
+listen      = "127.0.0.1:8080"
+public_url  = "https://keys.example.com/"
+tls_cert    = "/etc/jwksd/tls.crt"
+tls_key     = "/etc/jwksd/tls.key"
+admin_listen = "127.0.0.1:9090"
+socket      = "/run/jwksd/jwksd.sock"
+socket_mode = "0660"
+socket_group = "jwksd"
+
+[store]
+url = "sqlite:///var/lib/jwksd/jwksd.db"
+
+[seal]
+master_key_file = "/etc/jwksd/master.key"
+
+[policies]
+dir = "/etc/jwksd/policies"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.server.public_url, "https://keys.example.com");
+        assert_eq!(
+            c.server.tls_cert.as_deref(),
+            Some(Path::new("/etc/jwksd/tls.crt"))
+        );
+        assert_eq!(
+            c.server.tls_key.as_deref(),
+            Some(Path::new("/etc/jwksd/tls.key"))
+        );
+        assert_eq!(
+            c.server.admin_listen,
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
+        assert_eq!(c.server.socket_group.as_deref(), Some("jwksd"));
+        assert_eq!(
+            c.master_key_file.as_deref(),
+            Some(Path::new("/etc/jwksd/master.key"))
+        );
+    }
+
+    #[test]
+    fn relative_paths_are_resolved_against_the_config_directory() {
+        let c = with(
+            "socket = \"run/jwksd.sock\"\ntls_cert = \"tls/c.pem\"\ntls_key = \"tls/k.pem\"\n",
+            "[store]\nurl = \"sqlite://data/jwksd.db\"\n[seal]\nmaster_key_file = \"master.key\"\n[policies]\ndir = \"policies\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.socket, Path::new("etc/run/jwksd.sock"));
+        assert_eq!(
+            c.server.tls_cert.as_deref(),
+            Some(Path::new("etc/tls/c.pem"))
+        );
+        assert_eq!(
+            c.server.tls_key.as_deref(),
+            Some(Path::new("etc/tls/k.pem"))
+        );
+        assert_eq!(c.store, StoreUrl::Sqlite("etc/data/jwksd.db".into()));
+        assert_eq!(
+            c.master_key_file.as_deref(),
+            Some(Path::new("etc/master.key"))
+        );
+        assert_eq!(c.policies_dir, Path::new("etc/policies"));
+    }
+
+    #[test]
+    fn load_resolves_relative_paths_to_absolute_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("jwksd.toml");
+        fs::write(&file, format!("{MIN}[policies]\ndir = \"policies\"\n")).unwrap();
+        let c = Config::load(&file).unwrap();
+        assert_eq!(c.policies_dir, dir.path().join("policies"));
+        assert!(c.policies_dir.is_absolute());
+    }
+
+    #[test]
+    fn absolute_sqlite_path_and_postgres_urls_are_accepted() {
+        let c = with("", "[store]\nurl = \"sqlite:///srv/k.db\"\n").unwrap();
+        assert_eq!(c.store, StoreUrl::Sqlite("/srv/k.db".into()));
+        for url in [
+            "postgres://jwksd@db/jwksd",
+            "postgresql://db.example.com:5432/jwksd",
+        ] {
+            let c = with("", &format!("[store]\nurl = \"{url}\"\n")).unwrap();
+            assert_eq!(c.store, StoreUrl::Postgres(url.into()));
+        }
+    }
+
+    #[test]
+    fn postgres_password_is_redacted_in_debug_and_display() {
+        let store = StoreUrl::Postgres(
+            "postgres://jwksd:s3cr3t@db.example.com:5432/jwksd?sslmode=require&password=other"
+                .into(),
+        );
+        let shown = store.to_string();
+        assert_eq!(
+            shown,
+            "postgres://jwksd:***@db.example.com:5432/jwksd?sslmode=require&password=***"
+        );
+        let debug = format!("{store:?}");
+        assert!(
+            !debug.contains("s3cr3t") && !debug.contains("other"),
+            "{debug}"
+        );
+        assert!(debug.contains("jwksd:***@db.example.com"), "{debug}");
+        // Also through the whole Config's Debug.
+        let c = with("", "[store]\nurl = \"postgres://u:s3cr3t@db/x\"\n").unwrap();
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn redaction_hides_passwords_with_unescaped_specials() {
+        assert_eq!(
+            redact_url("postgres://u:p@ss/w@rd@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+    }
+
+    #[test]
+    fn socket_mode_octal_strings_are_parsed() {
+        for (text, mode) in [
+            ("0660", 0o660),
+            ("600", 0o600),
+            ("0o640", 0o640),
+            ("0775", 0o775),
+        ] {
+            let c = with(&format!("socket_mode = \"{text}\""), "").unwrap();
+            assert_eq!(c.server.socket_mode, mode, "{text}");
+        }
+    }
+
+    #[test]
+    fn config_path_prefers_env_then_local_file_then_etc() {
+        assert_eq!(
+            choose_config_path(Some("/x/j.toml".into()), true),
+            Path::new("/x/j.toml")
+        );
+        assert_eq!(
+            choose_config_path(Some("".into()), true),
+            Path::new("jwksd.toml")
+        );
+        assert_eq!(choose_config_path(None, true), Path::new("jwksd.toml"));
+        assert_eq!(
+            choose_config_path(None, false),
+            Path::new("/etc/jwksd/jwksd.toml")
+        );
+    }
+
+    // ---- one test per rule ----
+
+    #[test]
+    fn syntax_error_names_the_file_and_line() {
+        let m = message(parse("[server\n"));
+        assert!(m.starts_with("etc/jwksd.toml: line 1, column "), "{m}");
+    }
+
+    #[test]
+    fn unknown_field_is_refused_with_file_and_line() {
+        let m = message(with("listne = \"x\"", ""));
+        assert!(
+            m.starts_with("etc/jwksd.toml: line 3, column 1: unknown field `listne`"),
+            "{m}"
+        );
+        let m = message(parse("[sever]\n"));
+        assert!(m.contains("unknown field `sever`"), "{m}");
+    }
+
+    #[test]
+    fn missing_public_url_is_refused() {
+        assert_eq!(
+            message(parse("")),
+            "etc/jwksd.toml: server.public_url = (unset): required: the base URL EHRs fetch the JWKS from, like \"https://keys.example.com\""
+        );
+    }
+
+    #[test]
+    fn plain_http_public_url_is_refused_unless_local() {
+        assert_eq!(
+            message(parse(
+                "[server]\npublic_url = \"http://keys.example.com\"\n"
+            )),
+            "etc/jwksd.toml: server.public_url = \"http://keys.example.com\": must be https unless the host is localhost, 127.0.0.0/8 or ::1"
+        );
+        let c = parse("[server]\npublic_url = \"http://127.0.0.1:8080/\"\n").unwrap();
+        assert_eq!(c.server.public_url, "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn public_url_without_host_or_scheme_is_refused() {
+        assert_eq!(
+            message(parse("[server]\npublic_url = \"keys.example.com\"\n")),
+            "etc/jwksd.toml: server.public_url = \"keys.example.com\": must be an absolute http(s) URL with a host, like \"https://ehr.example.com/token\""
+        );
+        assert!(
+            message(parse("[server]\npublic_url = \"ftp://k.example.com\"\n"))
+                .contains("must use https")
+        );
+    }
+
+    #[test]
+    fn public_url_with_query_or_fragment_is_refused() {
+        assert_eq!(
+            message(parse(
+                "[server]\npublic_url = \"https://k.example.com/?a=b\"\n"
+            )),
+            "etc/jwksd.toml: server.public_url = \"https://k.example.com/?a=b\": must not contain a query: the JWKS paths are appended to it"
+        );
+        assert!(
+            message(parse(
+                "[server]\npublic_url = \"https://k.example.com/#x\"\n"
+            ))
+            .contains("fragment")
+        );
+    }
+
+    #[test]
+    fn listen_that_is_not_an_ip_and_port_is_refused() {
+        assert_eq!(
+            message(with("listen = \"localhost:8080\"", "")),
+            "etc/jwksd.toml: server.listen = \"localhost:8080\": must be an IP address and port, like \"127.0.0.1:8080\" or \"[::]:8080\""
+        );
+        assert!(
+            message(with("admin_listen = \"9090\"", ""))
+                .starts_with("etc/jwksd.toml: server.admin_listen = \"9090\": ")
+        );
+    }
+
+    #[test]
+    fn tls_cert_without_key_is_refused() {
+        assert_eq!(
+            message(with("tls_cert = \"c.pem\"", "")),
+            "etc/jwksd.toml: server.tls_key = (unset): required when server.tls_cert is set (both or neither)"
+        );
+    }
+
+    #[test]
+    fn tls_key_without_cert_is_refused() {
+        assert_eq!(
+            message(with("tls_key = \"k.pem\"", "")),
+            "etc/jwksd.toml: server.tls_cert = (unset): required when server.tls_key is set (both or neither)"
+        );
+    }
+
+    #[test]
+    fn world_writable_socket_mode_is_refused_with_the_reason() {
+        assert_eq!(
+            message(with("socket_mode = \"0666\"", "")),
+            "etc/jwksd.toml: server.socket_mode = \"0666\": must not grant write to others (o+w): connecting to a Unix socket needs write permission, so every local user could reach the signing API"
+        );
+    }
+
+    #[test]
+    fn socket_mode_above_0777_is_refused() {
+        assert_eq!(
+            message(with("socket_mode = \"1770\"", "")),
+            "etc/jwksd.toml: server.socket_mode = \"1770\": must be <= 0777: permission bits only (no setuid, setgid or sticky bit)"
+        );
+    }
+
+    #[test]
+    fn socket_mode_that_is_not_octal_is_refused() {
+        assert_eq!(
+            message(with("socket_mode = \"0680\"", "")),
+            "etc/jwksd.toml: server.socket_mode = \"0680\": must be an octal mode like \"0660\""
+        );
+        assert!(message(with("socket_mode = \"\"", "")).contains("must be an octal mode"));
+    }
+
+    #[test]
+    fn socket_mode_as_bare_number_is_refused_as_ambiguous() {
+        assert_eq!(
+            message(with("socket_mode = 660", "")),
+            "etc/jwksd.toml: server.socket_mode = 660: must be a quoted octal string like \"0660\" (a bare number is read as decimal)"
+        );
+    }
+
+    #[test]
+    fn empty_socket_group_is_refused() {
+        assert_eq!(
+            message(with("socket_group = \"\"", "")),
+            "etc/jwksd.toml: server.socket_group = \"\": must not be empty (leave it out to use the daemon's group)"
+        );
+    }
+
+    #[test]
+    fn empty_path_is_refused_naming_the_field() {
+        assert_eq!(
+            message(with("socket = \"\"", "")),
+            "etc/jwksd.toml: server.socket = \"\": must not be empty"
+        );
+        assert!(
+            message(with("", "[seal]\nmaster_key_file = \"\"\n"))
+                .contains("seal.master_key_file = \"\"")
+        );
+        assert!(message(with("", "[policies]\ndir = \"\"\n")).contains("policies.dir = \"\""));
+    }
+
+    #[test]
+    fn store_url_with_unknown_scheme_is_refused_and_redacted() {
+        assert_eq!(
+            message(with("", "[store]\nurl = \"mysql://root:hunter2@db/x\"\n")),
+            "etc/jwksd.toml: store.url = \"mysql://root:***@db/x\": must be sqlite://PATH or postgres://... (postgresql://...)"
+        );
+        assert!(
+            message(with("", "[store]\nurl = \"/var/lib/jwksd.db\"\n"))
+                .contains("must be sqlite://PATH")
+        );
+    }
+
+    #[test]
+    fn sqlite_url_without_path_is_refused() {
+        assert_eq!(
+            message(with("", "[store]\nurl = \"sqlite://\"\n")),
+            "etc/jwksd.toml: store.url = \"sqlite://\": sqlite:// needs a path, like \"sqlite:///var/lib/jwksd/jwksd.db\""
+        );
+    }
+
+    #[test]
+    fn sqlite_url_with_query_is_refused() {
+        assert_eq!(
+            message(with("", "[store]\nurl = \"sqlite:///k.db?mode=rwc\"\n")),
+            "etc/jwksd.toml: store.url = \"sqlite:///k.db?mode=rwc\": must be sqlite://PATH with no query or fragment"
+        );
+    }
+
+    #[test]
+    fn postgres_url_without_anything_after_the_scheme_is_refused() {
+        assert_eq!(
+            message(with("", "[store]\nurl = \"postgres://\"\n")),
+            "etc/jwksd.toml: store.url = \"postgres://\": postgres:// needs a host or connection options"
+        );
+    }
+
+    #[test]
+    fn unreadable_config_file_names_the_file() {
+        let m = Config::load(Path::new("/nonexistent/jwksd.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            m.starts_with("/nonexistent/jwksd.toml: cannot read config file: "),
+            "{m}"
+        );
+    }
+}
