@@ -4,4 +4,5 @@
 //! local callers over a Unix socket. See DESIGN.md for the behaviour.
 
 pub mod clock;
+pub mod secret;
 pub mod types;
