@@ -4,5 +4,7 @@
 //! local callers over a Unix socket. See DESIGN.md for the behaviour.
 
 pub mod clock;
+pub mod jose;
+pub mod keys;
 pub mod secret;
 pub mod types;
