@@ -6,5 +6,6 @@
 pub mod clock;
 pub mod jose;
 pub mod keys;
+pub mod seal;
 pub mod secret;
 pub mod types;
