@@ -5,6 +5,10 @@
 
 pub mod clock;
 pub mod config;
+pub mod jose;
+pub mod keys;
 pub mod policy;
+pub mod seal;
+pub mod secret;
 pub mod types;
 pub mod url;
