@@ -833,6 +833,16 @@ impl Policies {
         }
     }
 
+    /// A collection of already validated policies (e.g. one policy for
+    /// `jwksd simulate`), with the same cross-file checks as `load_files`.
+    pub fn from_policies(list: Vec<Policy>) -> Result<Policies, PolicyError> {
+        let mut policies = Policies::default();
+        for p in list {
+            policies.insert(p)?;
+        }
+        Ok(policies)
+    }
+
     /// Adds a policy after the cross-file uniqueness checks.
     fn insert(&mut self, policy: Policy) -> Result<(), PolicyError> {
         if let Some(other) = self.sets.get(&policy.name) {

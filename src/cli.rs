@@ -1,0 +1,134 @@
+//! Command-line definitions (clap) only; `main` turns them into actions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// jwksd: key management and JWKS publishing for private_key_jwt clients.
+#[derive(Debug, Parser)]
+#[command(name = "jwksd", version, about)]
+pub struct Cli {
+    /// Daemon config file. Default: $JWKSD_CONFIG, then ./jwksd.toml, then /etc/jwksd/jwksd.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The daemon's Unix socket (default: server.socket of the config).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Serve,
+    /// Write a starter config, policy and master key (existing files are kept).
+    Init {
+        /// Directory to write into.
+        #[arg(long, default_value = ".jwksd")]
+        dir: PathBuf,
+    },
+    /// List, rotate or revoke keys (through the daemon's socket).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Print a signed client assertion (through the daemon's socket).
+    Sign(SignArgs),
+    /// Print the published JWKS of a set, exactly as the HTTP endpoint serves it.
+    Jwks {
+        #[arg(long, default_value = "default")]
+        set: String,
+    },
+    /// Validate policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Read and verify the audit trail (through the daemon's socket).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Run the lifecycle of a policy on a simulated clock and print the timeline.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Keys with state and timestamps.
+    List {
+        #[arg(long)]
+        set: Option<String>,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Schedule the next rotation as early as allowed, or with --now activate it at once.
+    Rotate {
+        #[arg(long)]
+        set: String,
+        #[arg(long)]
+        alg: Option<String>,
+        /// Activate the pending key now, skipping pre-publication.
+        #[arg(long)]
+        now: bool,
+    },
+    /// Remove a key from the JWKS at once and destroy its private half.
+    Revoke { kid: String },
+}
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    #[arg(long)]
+    pub client_id: String,
+    /// The token endpoint URL, exactly as registered in the policy.
+    #[arg(long)]
+    pub aud: String,
+    /// RS384 or ES384 (default: the first of the policy's algorithms).
+    #[arg(long)]
+    pub alg: Option<String>,
+    #[arg(long)]
+    pub set: Option<String>,
+    /// Assertion lifetime in seconds (default and maximum: the policy's assertion_lifetime).
+    #[arg(long)]
+    pub lifetime: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate policy files (default: every file of the config's policies dir).
+    Check { files: Vec<PathBuf> },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the hash chain; exits non-zero at the first broken link.
+    Verify,
+    /// The latest records.
+    Tail {
+        #[arg(short = 'n', default_value_t = 20)]
+        n: u32,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    #[arg(long)]
+    pub policy: PathBuf,
+    #[arg(long)]
+    pub days: u32,
+    /// Start of the simulation (RFC 3339; default: now).
+    #[arg(long)]
+    pub start: Option<String>,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,222 @@
+//! The running daemon: shared state, the lifecycle tick loop, policy reload,
+//! and the three servers (public HTTP, admin HTTP, Unix socket). `run` takes
+//! already-bound listeners and a shutdown token, so tests start the real
+//! daemon on port 0 and a temporary socket.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auditor::Auditor;
+use crate::clock::Clock;
+use crate::keyring::{Keyring, KeyringError};
+use crate::metrics::Metrics;
+use crate::policy::Policies;
+use crate::scheduler::{KeySource, Scheduler};
+use crate::seal::MasterKey;
+use crate::store::Store;
+use crate::types::SetName;
+
+/// How often the lifecycle looks at the stored timestamps (DESIGN rule 6:
+/// a short tick, never a long sleep).
+pub const TICK: Duration = Duration::from_secs(2);
+/// Longest wait between retries of a failing tick.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// State shared by every request handler and the tick loop.
+pub struct Shared {
+    pub keyring: Keyring,
+    pub scheduler: Scheduler,
+    pub store: Arc<dyn Store>,
+    pub master: Arc<MasterKey>,
+    pub auditor: Auditor,
+    pub metrics: Metrics,
+    /// `server.public_url` without a trailing `/`.
+    pub public_url: String,
+    /// Concurrent signatures: one per core (see `socket::assertions`).
+    pub sign_permits: Semaphore,
+}
+
+impl Shared {
+    /// The public URL of a set's JWKS (the `jku` header value).
+    pub fn jwks_url(&self, set: &SetName) -> String {
+        if set.as_str() == "default" {
+            format!("{}/.well-known/jwks.json", self.public_url)
+        } else {
+            format!("{}/jwks/{set}.json", self.public_url)
+        }
+    }
+
+    /// Rebuilds what this replica serves from the store.
+    pub async fn refresh(&self) -> Result<(), KeyringError> {
+        let policies = self.scheduler.policies();
+        match self
+            .keyring
+            .refresh(self.store.as_ref(), &policies, &self.master)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.metrics.store_errors.inc();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// What the daemon is made of, built by the caller (`main` or a test).
+pub struct Parts {
+    pub store: Arc<dyn Store>,
+    pub master: Arc<MasterKey>,
+    pub policies: Policies,
+    /// Where `reload` reads policies from.
+    pub policies_dir: PathBuf,
+    pub clock: Arc<dyn Clock>,
+    pub keygen: Arc<dyn KeySource>,
+    pub public_url: String,
+}
+
+/// The bound listeners.
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: Option<TcpListener>,
+    pub socket: UnixListener,
+    /// The socket file, removed at shutdown.
+    pub socket_path: PathBuf,
+}
+
+/// Runs until `shutdown` is cancelled, then lets in-flight requests finish.
+/// A message on `reload` re-reads the policies (SIGHUP).
+pub async fn run(
+    parts: Parts,
+    listeners: Listeners,
+    mut reload: mpsc::Receiver<()>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    parts
+        .store
+        .bind_master_key(&parts.master.fingerprint())
+        .await?;
+    let (auditor, audit_task) = Auditor::start(parts.store.clone());
+    let policies = Arc::new(RwLock::new(Arc::new(parts.policies)));
+    let scheduler = Scheduler::new(
+        parts.store.clone(),
+        parts.master.clone(),
+        parts.keygen,
+        parts.clock,
+        policies.clone(),
+    );
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let shared = Arc::new(Shared {
+        keyring: Keyring::default(),
+        scheduler,
+        store: parts.store,
+        master: parts.master,
+        auditor,
+        metrics: Metrics::default(),
+        public_url: parts.public_url.trim_end_matches('/').to_owned(),
+        sign_permits: Semaphore::new(cores),
+    });
+    // Existing keys are served at once; a first start serves 503 until the
+    // first tick has generated them.
+    shared.refresh().await?;
+    shared.metrics.leader.set(1);
+
+    let tracker = TaskTracker::new();
+    let public = crate::http::public::router(shared.clone());
+    tracker.spawn(serve_tcp(listeners.public, public, shutdown.clone()));
+    if let Some(admin) = listeners.admin {
+        let router = crate::http::admin::router(shared.clone());
+        tracker.spawn(serve_tcp(admin, router, shutdown.clone()));
+    }
+    let socket_router = crate::socket::router(shared.clone());
+    let socket_shutdown = shutdown.clone();
+    tracker.spawn(async move {
+        let service = socket_router.into_make_service_with_connect_info::<crate::socket::Peer>();
+        if let Err(e) = axum::serve(listeners.socket, service)
+            .with_graceful_shutdown(socket_shutdown.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "socket server failed");
+        }
+    });
+
+    let mut backoff = TICK;
+    loop {
+        match shared.scheduler.tick().await {
+            Ok(events) => {
+                backoff = TICK;
+                let stale = match shared.store.revision().await {
+                    Ok(rev) => rev != shared.keyring.snapshot().revision,
+                    Err(_) => true,
+                };
+                if (!events.is_empty() || stale)
+                    && let Err(e) = shared.refresh().await
+                {
+                    tracing::error!(error = %e, "could not refresh served keys; serving the previous ones");
+                }
+            }
+            Err(e) => {
+                shared.metrics.transition_failures.inc();
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                tracing::error!(error = %e, retry_in_s = backoff.as_secs(), "lifecycle tick failed");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            Some(()) = reload.recv() => reload_policies(&shared, &parts.policies_dir, &policies).await,
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+    drop(shared);
+    let _ = audit_task.await;
+    let _ = std::fs::remove_file(&listeners.socket_path);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn serve_tcp(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+}
+
+/// SIGHUP: a bad policy is refused and the old one kept; a good one
+/// replaces it and pending keys move to the new schedule.
+async fn reload_policies(
+    shared: &Shared,
+    dir: &std::path::Path,
+    handle: &crate::scheduler::PolicyHandle,
+) {
+    let mut entry = crate::audit::entry(shared.scheduler.clock().now(), "reload", "ok");
+    match Policies::load_dir(dir) {
+        Err(e) => {
+            tracing::error!(error = %e, "policy reload refused; keeping the policies in force");
+            entry.outcome = "refused".into();
+            entry.detail = Some(e.to_string());
+        }
+        Ok(new) => {
+            *handle.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+            tracing::info!(dir = %dir.display(), "policies reloaded");
+            if let Err(e) = shared.scheduler.reschedule().await {
+                tracing::error!(error = %e, "rescheduling after reload failed; next tick retries");
+            }
+            if let Err(e) = shared.refresh().await {
+                tracing::error!(error = %e, "could not refresh served keys after reload");
+            }
+        }
+    }
+    if let Err(e) = shared.auditor.record(entry).await {
+        tracing::error!(error = %e, "reload not audited");
+    }
+}

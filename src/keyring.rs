@@ -1,0 +1,158 @@
+//! What this replica serves, in memory: per set, the JWKS bytes with their
+//! ETag and the unsealed active signing keys. Rebuilt from the store after
+//! every change and swapped whole, so readers never see half a change and
+//! never wait for the store (signing and JWKS go on while it is down).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use crate::jose::{Jwk, JwksDocument, encode_jwks};
+use crate::keys::SigningKey;
+use crate::policy::Policies;
+use crate::seal::MasterKey;
+use crate::store::{Store, StoreError, StoredKey};
+use crate::types::{Alg, KeyState, SetName};
+
+/// One set as served.
+#[derive(Debug, Clone)]
+pub struct SetView {
+    /// `None` until the set has keys: the endpoint answers 503 then.
+    pub jwks: Option<JwksDocument>,
+    /// The one signer per alg.
+    pub signers: BTreeMap<Alg, Arc<SigningKey>>,
+}
+
+/// Everything served, at one store revision.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub revision: i64,
+    pub sets: BTreeMap<SetName, SetView>,
+    /// All keys of all sets (public fields only are ever shown).
+    pub keys: Arc<Vec<StoredKey>>,
+}
+
+/// Why a refresh failed; the previous snapshot stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("key {kid}: stored public JWK unreadable: {reason}")]
+    Jwk { kid: String, reason: String },
+    #[error("key {kid}: cannot unseal its private half: {reason}")]
+    Unseal { kid: String, reason: String },
+}
+
+/// The swappable snapshot.
+#[derive(Default)]
+pub struct Keyring {
+    current: RwLock<Arc<Snapshot>>,
+}
+
+impl Keyring {
+    /// The snapshot in force (cheap: one `Arc` clone).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Rebuilds the snapshot from the store. Signing keys already unsealed
+    /// are reused, so a refresh costs one query and the JWKS encoding.
+    pub async fn refresh(
+        &self,
+        store: &dyn Store,
+        policies: &Policies,
+        master: &MasterKey,
+    ) -> Result<Arc<Snapshot>, KeyringError> {
+        let revision = store.revision().await?;
+        let keys = store.keys().await?;
+        let old = self.snapshot();
+        let snapshot = Arc::new(build(revision, keys, policies, master, &old)?);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = snapshot.clone();
+        Ok(snapshot)
+    }
+}
+
+fn build(
+    revision: i64,
+    keys: Vec<StoredKey>,
+    policies: &Policies,
+    master: &MasterKey,
+    old: &Snapshot,
+) -> Result<Snapshot, KeyringError> {
+    let mut sets = BTreeMap::new();
+    for policy in policies.iter() {
+        let own: Vec<&StoredKey> = keys.iter().filter(|k| k.set == policy.name).collect();
+        let mut jwks = Vec::new();
+        let mut signers = BTreeMap::new();
+        for k in &own {
+            if !k.state.is_published() {
+                continue;
+            }
+            let jwk: Jwk = serde_json::from_str(&k.public_jwk).map_err(|e| KeyringError::Jwk {
+                kid: k.kid.to_string(),
+                reason: e.to_string(),
+            })?;
+            jwks.push(jwk);
+            if k.state == KeyState::Active && policy.algorithms.contains(&k.alg) {
+                let reused = old
+                    .sets
+                    .get(&k.set)
+                    .and_then(|s| s.signers.get(&k.alg))
+                    .filter(|s| s.kid() == &k.kid)
+                    .cloned();
+                let signer = match reused {
+                    Some(s) => s,
+                    None => Arc::new(unseal(k, master)?),
+                };
+                signers.insert(k.alg, signer);
+            }
+        }
+        let view = SetView {
+            jwks: (!jwks.is_empty()).then(|| encode_jwks(&jwks)),
+            signers,
+        };
+        sets.insert(policy.name.clone(), view);
+    }
+    Ok(Snapshot {
+        revision,
+        sets,
+        keys: Arc::new(keys),
+    })
+}
+
+fn unseal(k: &StoredKey, master: &MasterKey) -> Result<SigningKey, KeyringError> {
+    let err = |reason: String| KeyringError::Unseal {
+        kid: k.kid.to_string(),
+        reason,
+    };
+    let sealed = k
+        .sealed_private
+        .as_deref()
+        .ok_or_else(|| err("the store holds no private half".into()))?;
+    let pkcs8 = master
+        .open(&k.kid, sealed)
+        .map_err(|e| err(e.to_string()))?;
+    SigningKey::from_pkcs8(k.alg, k.kid.clone(), &pkcs8).map_err(|e| err(e.to_string()))
+}
+
+/// The JWKS of `set` exactly as the HTTP endpoint serves it, read straight
+/// from the store (for `jwksd jwks`); `None` when the set has no published key.
+pub async fn published_jwks(
+    store: &dyn Store,
+    set: &str,
+) -> Result<Option<JwksDocument>, KeyringError> {
+    let mut jwks = Vec::new();
+    for k in store.keys().await? {
+        if k.set.as_str() != set || !k.state.is_published() {
+            continue;
+        }
+        let jwk: Jwk = serde_json::from_str(&k.public_jwk).map_err(|e| KeyringError::Jwk {
+            kid: k.kid.to_string(),
+            reason: e.to_string(),
+        })?;
+        jwks.push(jwk);
+    }
+    Ok((!jwks.is_empty()).then(|| encode_jwks(&jwks)))
+}

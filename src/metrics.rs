@@ -1,0 +1,171 @@
+//! Prometheus metrics of the daemon, exported on the admin listener.
+//! Counters are bumped where things happen; gauges about keys (age, seconds
+//! until the next transition) are computed from the snapshot at scrape time.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::daemon::Shared;
+use crate::types::KeyState;
+
+/// Labels of a signature request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignLabels {
+    pub set: String,
+    pub alg: String,
+    pub client: String,
+    pub outcome: String,
+}
+
+/// Labels of per-key-slot gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SlotLabels {
+    pub set: String,
+    pub alg: String,
+}
+
+/// Every metric the daemon exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Signature requests by set, alg, client and outcome.
+    pub signatures: Family<SignLabels, Counter>,
+    /// Time to sign one assertion (seconds), socket request to answer.
+    pub sign_seconds: Histogram,
+    /// JWKS requests, and those answered 304.
+    pub jwks_requests: Counter,
+    pub jwks_not_modified: Counter,
+    /// Lifecycle ticks that failed (each is retried with backoff).
+    pub transition_failures: Counter,
+    /// Store calls that failed.
+    pub store_errors: Counter,
+    /// 1 on the replica that runs lifecycle transitions.
+    pub leader: Gauge,
+    key_age: Family<SlotLabels, Gauge>,
+    next_transition: Family<SlotLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let signatures = Family::<SignLabels, Counter>::default();
+        registry.register(
+            "jwksd_signatures",
+            "Signature requests by outcome",
+            signatures.clone(),
+        );
+        let sign_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "jwksd_sign_seconds",
+            "Time to answer a signature request",
+            sign_seconds.clone(),
+        );
+        let jwks_requests = Counter::default();
+        registry.register(
+            "jwksd_jwks_requests",
+            "JWKS requests",
+            jwks_requests.clone(),
+        );
+        let jwks_not_modified = Counter::default();
+        registry.register(
+            "jwksd_jwks_not_modified",
+            "JWKS requests answered 304",
+            jwks_not_modified.clone(),
+        );
+        let transition_failures = Counter::default();
+        registry.register(
+            "jwksd_transition_failures",
+            "Lifecycle ticks that failed",
+            transition_failures.clone(),
+        );
+        let store_errors = Counter::default();
+        registry.register(
+            "jwksd_store_errors",
+            "Store calls that failed",
+            store_errors.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "jwksd_leader",
+            "1 where this replica runs lifecycle transitions",
+            leader.clone(),
+        );
+        let key_age = Family::<SlotLabels, Gauge>::default();
+        registry.register(
+            "jwksd_active_key_age_seconds",
+            "Seconds since the active key activated",
+            key_age.clone(),
+        );
+        let next_transition = Family::<SlotLabels, Gauge>::default();
+        registry.register(
+            "jwksd_next_transition_seconds",
+            "Seconds until the pending key may activate",
+            next_transition.clone(),
+        );
+        Metrics {
+            registry,
+            signatures,
+            sign_seconds,
+            jwks_requests,
+            jwks_not_modified,
+            transition_failures,
+            store_errors,
+            leader,
+            key_age,
+            next_transition,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one signature request.
+    pub fn signature(&self, set: &str, alg: &str, client: &str, outcome: &str) {
+        self.signatures
+            .get_or_create(&SignLabels {
+                set: set.to_owned(),
+                alg: alg.to_owned(),
+                client: client.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, shared: &Shared) -> String {
+        let now = shared.scheduler.clock().now();
+        let snapshot = shared.keyring.snapshot();
+        let policies = shared.scheduler.policies();
+        for k in snapshot.keys.iter() {
+            let labels = SlotLabels {
+                set: k.set.to_string(),
+                alg: k.alg.to_string(),
+            };
+            match k.state {
+                KeyState::Active => {
+                    let since = k.activate_at.unwrap_or(k.publish_at);
+                    self.key_age
+                        .get_or_create(&labels)
+                        .set((now - since).num_seconds());
+                }
+                KeyState::Pending => {
+                    if let Some(p) = policies.get(&k.set) {
+                        let at = crate::lifecycle::earliest_activation(p, k);
+                        self.next_transition
+                            .get_or_create(&labels)
+                            .set((at - now).num_seconds());
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

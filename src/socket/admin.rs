@@ -1,0 +1,208 @@
+//! Admin requests: rotate, revoke, and the audit trail. Only callers marked
+//! `admin = true` in the policy of the set concerned.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Query, Request, State};
+use serde::{Deserialize, Serialize};
+
+use super::assertions::read_json;
+use super::{ApiError, Peer};
+use crate::audit::{AuditEntry, AuditRecord, GENESIS_HASH, verify_chain};
+use crate::daemon::Shared;
+use crate::scheduler::{LifecycleError, RevokeOutcome, RotateOutcome};
+use crate::types::{Alg, Kid, SetName};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateRequest {
+    set: String,
+    alg: Option<String>,
+    #[serde(default)]
+    now: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    kid: String,
+}
+
+fn lifecycle_error(e: LifecycleError) -> ApiError {
+    match e {
+        LifecycleError::UnknownSet(s) => {
+            ApiError::not_found(format!("set: no key set named {s:?}"))
+        }
+        LifecycleError::UnknownKid(k) => ApiError::not_found(format!("kid: no key {k:?}")),
+        LifecycleError::AlgNotInSet { set, alg } => {
+            ApiError::bad_request(format!("alg: set {set} does not use {alg}"))
+        }
+        LifecycleError::Conflict(m) => ApiError::conflict(m),
+        other => ApiError::internal(other),
+    }
+}
+
+/// Records `entry` with the outcome of `result`, then returns the result.
+async fn audited<T>(
+    shared: &Shared,
+    mut entry: AuditEntry,
+    result: Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    if let Err(e) = &result {
+        entry.outcome = e.code.to_owned();
+        entry.detail = Some(e.message.clone());
+    }
+    shared
+        .auditor
+        .record(entry)
+        .await
+        .map_err(ApiError::internal)?;
+    result
+}
+
+fn not_admin(peer: &Peer, what: &str) -> ApiError {
+    ApiError::forbidden(format!(
+        "caller uid {} gid {} is not an admin of {what}",
+        peer.uid, peer.gid
+    ))
+}
+
+pub(super) async fn rotate(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    request: Request,
+) -> Result<Json<RotateOutcome>, ApiError> {
+    let mut entry = peer.audit(shared.scheduler.clock().now().timestamp(), "rotate");
+    let result = async {
+        let req: RotateRequest = read_json(request.into_body()).await?;
+        let set = SetName::new(&req.set).map_err(|e| ApiError::bad_request(format!("set: {e}")))?;
+        let policies = shared.scheduler.policies();
+        let policy = policies
+            .get(&set)
+            .ok_or_else(|| ApiError::not_found(format!("set: no key set named {:?}", req.set)))?;
+        if !peer.is_admin_of(policy) {
+            return Err(not_admin(&peer, &format!("set {set}")));
+        }
+        let alg = req
+            .alg
+            .as_deref()
+            .map(str::parse::<Alg>)
+            .transpose()
+            .map_err(|e| ApiError::bad_request(format!("alg: {e}")))?;
+        entry.detail = Some(format!("set {set} now={}", req.now));
+        let (outcome, _events) = shared
+            .scheduler
+            .rotate(&set, alg, req.now)
+            .await
+            .map_err(lifecycle_error)?;
+        shared.refresh().await.map_err(ApiError::internal)?;
+        entry.kid = outcome
+            .activated
+            .as_ref()
+            .or(outcome.pending.as_ref())
+            .map(Kid::to_string);
+        Ok(outcome)
+    }
+    .await;
+    audited(&shared, entry, result).await.map(Json)
+}
+
+pub(super) async fn revoke(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    request: Request,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut entry = peer.audit(shared.scheduler.clock().now().timestamp(), "revoke");
+    let result = async {
+        let req: RevokeRequest = read_json(request.into_body()).await?;
+        entry.kid = Some(req.kid.clone());
+        let snapshot = shared.keyring.snapshot();
+        let key = snapshot
+            .keys
+            .iter()
+            .find(|k| k.kid.as_str() == req.kid)
+            .ok_or_else(|| ApiError::not_found(format!("kid: no key {:?}", req.kid)))?;
+        let policies = shared.scheduler.policies();
+        let admin = policies.get(&key.set).is_some_and(|p| peer.is_admin_of(p));
+        if !admin {
+            return Err(not_admin(&peer, &format!("set {}", key.set)));
+        }
+        let (outcome, _events): (RevokeOutcome, _) = shared
+            .scheduler
+            .revoke(&key.kid)
+            .await
+            .map_err(lifecycle_error)?;
+        // Answer only once the key is out of this replica's JWKS.
+        shared.refresh().await.map_err(ApiError::internal)?;
+        Ok(serde_json::json!({
+            "kid": outcome.kid,
+            "state": "revoked",
+            "activated": outcome.activated,
+        }))
+    }
+    .await;
+    audited(&shared, entry, result).await.map(Json)
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct AuditQuery {
+    limit: Option<u32>,
+}
+
+fn require_any_admin(shared: &Shared, peer: &Peer) -> Result<(), ApiError> {
+    let policies = shared.scheduler.policies();
+    if policies.iter().any(|p| peer.is_admin_of(p)) {
+        Ok(())
+    } else {
+        Err(not_admin(peer, "any key set"))
+    }
+}
+
+pub(super) async fn audit_tail(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Vec<AuditRecord>>, ApiError> {
+    let entry = peer.audit(shared.scheduler.clock().now().timestamp(), "audit");
+    let allowed = require_any_admin(&shared, &peer);
+    audited(&shared, entry, allowed).await?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 100_000);
+    let records = shared
+        .store
+        .audit_tail(limit)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(records))
+}
+
+/// What `audit verify` reports.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VerifyAnswer {
+    pub ok: bool,
+    pub records: usize,
+    pub error: Option<String>,
+}
+
+pub(super) async fn audit_verify(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> Result<Json<VerifyAnswer>, ApiError> {
+    let entry = peer.audit(shared.scheduler.clock().now().timestamp(), "audit");
+    let allowed = require_any_admin(&shared, &peer);
+    audited(&shared, entry, allowed).await?;
+    let records = shared.store.audit_all().await.map_err(ApiError::internal)?;
+    let answer = match verify_chain(GENESIS_HASH, &records) {
+        Ok(n) => VerifyAnswer {
+            ok: true,
+            records: n,
+            error: None,
+        },
+        Err(e) => VerifyAnswer {
+            ok: false,
+            records: records.len(),
+            error: Some(e.to_string()),
+        },
+    };
+    Ok(Json(answer))
+}

@@ -1,0 +1,79 @@
+//! `GET /v1/keys`: the keys of the caller's sets, in the shape of
+//! `jwksd keys list --json`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, Peer};
+use crate::daemon::Shared;
+use crate::store::StoredKey;
+
+/// One key as listed: public facts only, times RFC 3339 UTC with `Z`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyView {
+    pub set: String,
+    pub alg: String,
+    pub kid: String,
+    pub version: u32,
+    pub state: String,
+    pub created_at: String,
+    pub publish_at: Option<String>,
+    pub activate_at: Option<String>,
+    pub deactivate_at: Option<String>,
+    pub retire_at: Option<String>,
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// The listed form of a stored key.
+pub fn key_view(k: &StoredKey) -> KeyView {
+    KeyView {
+        set: k.set.to_string(),
+        alg: k.alg.to_string(),
+        kid: k.kid.to_string(),
+        version: k.version,
+        state: k.state.to_string(),
+        created_at: rfc3339(k.created_at),
+        publish_at: Some(rfc3339(k.publish_at)),
+        activate_at: k.activate_at.map(rfc3339),
+        deactivate_at: k.deactivate_at.map(rfc3339),
+        retire_at: k.retire_at.map(rfc3339),
+    }
+}
+
+pub(super) async fn list(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> Result<Json<Vec<KeyView>>, ApiError> {
+    let policies = shared.scheduler.policies();
+    let grants = peer.grants(&policies);
+    if grants.is_empty() {
+        let err = ApiError::forbidden(format!(
+            "caller uid {} gid {} is not listed in any policy's [[callers]]",
+            peer.uid, peer.gid
+        ));
+        let mut entry = peer.audit(shared.scheduler.clock().now().timestamp(), "keys");
+        entry.outcome = err.code.to_owned();
+        entry.detail = Some(err.message.clone());
+        shared
+            .auditor
+            .record(entry)
+            .await
+            .map_err(ApiError::internal)?;
+        return Err(err);
+    }
+    let snapshot = shared.keyring.snapshot();
+    let keys = snapshot
+        .keys
+        .iter()
+        .filter(|k| grants.iter().any(|(p, _)| p.name == k.set))
+        .map(key_view)
+        .collect();
+    Ok(Json(keys))
+}

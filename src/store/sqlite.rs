@@ -1,0 +1,543 @@
+//! The embedded default store: one SQLite file in WAL mode.
+//!
+//! Writes take the database lock up front (`BEGIN IMMEDIATE`) so that a
+//! transaction that re-checks a precondition and then writes can never be
+//! overtaken between the two.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, SqlSafeStr, Sqlite, Transaction};
+
+use super::{Applied, Change, Store, StoreError, StoredKey};
+use crate::audit::{AuditEntry, AuditRecord, GENESIS_HASH, chain_hash};
+use crate::types::{Alg, KeyState, Kid, SetName};
+
+/// Migrations are compiled into the binary: a deployed daemon never looks
+/// for SQL files on disk.
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        Cow::Borrowed("keys and audit"),
+        MigrationType::Simple,
+        include_str!("../../migrations/sqlite/0001_keys_and_audit.sql").into_sql_str(),
+        false,
+    )])
+}
+
+/// A SQLite-backed [`Store`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens the database at `path`, creating it (and its directory) if
+    /// missing, and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // Keys are irreplaceable: every commit reaches the disk.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        migrator()
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Migrate(e.to_string()))?;
+        Ok(SqliteStore { pool })
+    }
+
+    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)
+    }
+}
+
+fn backend(e: sqlx::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn ts(t: DateTime<Utc>) -> i64 {
+    t.timestamp()
+}
+
+fn from_ts(secs: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp(secs, 0)
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {secs} out of range")))
+}
+
+fn opt_ts(secs: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    secs.map(from_ts).transpose()
+}
+
+const KEY_COLUMNS: &str = "kid, set_name, alg, version, state, public_jwk, sealed_private, \
+     created_at, publish_at, activate_at, deactivate_at, retire_at, emergency";
+
+fn key_from_row(row: &SqliteRow) -> Result<StoredKey, StoreError> {
+    let get_str = |name: &str| -> Result<String, StoreError> {
+        row.try_get::<String, _>(name).map_err(backend)
+    };
+    let corrupt = |e: crate::types::TypeError| StoreError::Corrupt(e.to_string());
+    Ok(StoredKey {
+        kid: Kid::from_stored(get_str("kid")?),
+        set: SetName::new(&get_str("set_name")?).map_err(corrupt)?,
+        alg: Alg::from_str(&get_str("alg")?).map_err(corrupt)?,
+        version: u32::try_from(row.try_get::<i64, _>("version").map_err(backend)?)
+            .map_err(|_| StoreError::Corrupt("version out of range".into()))?,
+        state: KeyState::from_str(&get_str("state")?).map_err(corrupt)?,
+        public_jwk: get_str("public_jwk")?,
+        sealed_private: row.try_get("sealed_private").map_err(backend)?,
+        created_at: from_ts(row.try_get("created_at").map_err(backend)?)?,
+        publish_at: from_ts(row.try_get("publish_at").map_err(backend)?)?,
+        activate_at: opt_ts(row.try_get("activate_at").map_err(backend)?)?,
+        deactivate_at: opt_ts(row.try_get("deactivate_at").map_err(backend)?)?,
+        retire_at: opt_ts(row.try_get("retire_at").map_err(backend)?)?,
+        emergency: row.try_get::<i64, _>("emergency").map_err(backend)? != 0,
+    })
+}
+
+async fn key_by_kid(
+    tx: &mut Transaction<'static, Sqlite>,
+    kid: &str,
+) -> Result<Option<StoredKey>, StoreError> {
+    let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE kid = ?");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(kid)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(backend)?;
+    row.as_ref().map(key_from_row).transpose()
+}
+
+async fn key_in_state(
+    tx: &mut Transaction<'static, Sqlite>,
+    set: &SetName,
+    alg: Alg,
+    state: KeyState,
+) -> Result<Option<StoredKey>, StoreError> {
+    let sql =
+        format!("SELECT {KEY_COLUMNS} FROM keys WHERE set_name = ? AND alg = ? AND state = ?");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(set.as_str())
+        .bind(alg.as_str())
+        .bind(state.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(backend)?;
+    row.as_ref().map(key_from_row).transpose()
+}
+
+async fn bump_revision(tx: &mut Transaction<'static, Sqlite>) -> Result<(), StoreError> {
+    sqlx::query("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name = 'revision'")
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// Active -> retiring, private half erased.
+async fn deactivate(
+    tx: &mut Transaction<'static, Sqlite>,
+    kid: &Kid,
+    at: DateTime<Utc>,
+    retire_at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE keys SET state = 'retiring', sealed_private = NULL, deactivate_at = ?, retire_at = ? \
+         WHERE kid = ? AND state = 'active'",
+    )
+    .bind(ts(at))
+    .bind(ts(retire_at))
+    .bind(kid.as_str())
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// Pending -> active.
+async fn activate(
+    tx: &mut Transaction<'static, Sqlite>,
+    kid: &Kid,
+    at: DateTime<Utc>,
+    emergency: bool,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE keys SET state = 'active', activate_at = ?, emergency = ? \
+         WHERE kid = ? AND state = 'pending'",
+    )
+    .bind(ts(at))
+    .bind(emergency as i64)
+    .bind(kid.as_str())
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+fn done(activated: Option<Kid>, deactivated: Option<Kid>) -> Applied {
+    Applied::Done {
+        activated,
+        deactivated,
+    }
+}
+
+impl SqliteStore {
+    async fn apply_in(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        change: &Change,
+    ) -> Result<Applied, StoreError> {
+        match change {
+            Change::Insert(key) => {
+                let max: Option<i64> = sqlx::query_scalar(
+                    "SELECT MAX(version) FROM keys WHERE set_name = ? AND alg = ?",
+                )
+                .bind(key.set.as_str())
+                .bind(key.alg.as_str())
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(backend)?;
+                let expected = max.unwrap_or(0) + 1;
+                if i64::from(key.version) != expected {
+                    return Ok(Applied::Stale(format!(
+                        "version v{} is not the next one (v{expected})",
+                        key.version
+                    )));
+                }
+                if !matches!(key.state, KeyState::Pending | KeyState::Active) {
+                    return Ok(Applied::Stale(format!(
+                        "a new key cannot start {}",
+                        key.state
+                    )));
+                }
+                if let Some(other) = key_in_state(tx, &key.set, key.alg, key.state).await? {
+                    return Ok(Applied::Stale(format!(
+                        "{} is already {} for {}/{}",
+                        other.kid, key.state, key.set, key.alg
+                    )));
+                }
+                let sql = format!(
+                    "INSERT INTO keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(key.kid.as_str())
+                    .bind(key.set.as_str())
+                    .bind(key.alg.as_str())
+                    .bind(i64::from(key.version))
+                    .bind(key.state.as_str())
+                    .bind(&key.public_jwk)
+                    .bind(key.sealed_private.as_deref())
+                    .bind(ts(key.created_at))
+                    .bind(ts(key.publish_at))
+                    .bind(key.activate_at.map(ts))
+                    .bind(key.deactivate_at.map(ts))
+                    .bind(key.retire_at.map(ts))
+                    .bind(key.emergency as i64)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(backend)?;
+                let activated = (key.state == KeyState::Active).then(|| key.kid.clone());
+                Ok(done(activated, None))
+            }
+            Change::Activate {
+                set,
+                alg,
+                kid,
+                at,
+                retire_at,
+                emergency,
+            } => {
+                let Some(pending) = key_by_kid(tx, kid.as_str()).await? else {
+                    return Err(StoreError::UnknownKid(kid.to_string()));
+                };
+                if pending.state != KeyState::Pending || pending.set != *set || pending.alg != *alg
+                {
+                    return Ok(Applied::Stale(format!(
+                        "{kid} is {}, not pending",
+                        pending.state
+                    )));
+                }
+                if !emergency && pending.activate_at.is_none_or(|t| t > *at) {
+                    return Ok(Applied::Stale(format!("{kid} is not due yet")));
+                }
+                let old = key_in_state(tx, set, *alg, KeyState::Active).await?;
+                if let Some(old) = &old {
+                    deactivate(tx, &old.kid, *at, *retire_at).await?;
+                }
+                activate(tx, kid, *at, *emergency).await?;
+                Ok(done(Some(kid.clone()), old.map(|k| k.kid)))
+            }
+            Change::Retire { kid, at } => {
+                let res = sqlx::query(
+                    "UPDATE keys SET state = 'retired' WHERE kid = ? AND state = 'retiring' AND retire_at <= ?",
+                )
+                .bind(kid.as_str())
+                .bind(ts(*at))
+                .execute(&mut **tx)
+                .await
+                .map_err(backend)?;
+                if res.rows_affected() == 0 {
+                    return Ok(Applied::Stale(format!("{kid} is not retiring or not due")));
+                }
+                Ok(done(None, None))
+            }
+            Change::Revoke { kid, at } => {
+                let Some(key) = key_by_kid(tx, kid.as_str()).await? else {
+                    return Err(StoreError::UnknownKid(kid.to_string()));
+                };
+                if !key.state.is_published() {
+                    return Ok(Applied::Stale(format!("{kid} is already {}", key.state)));
+                }
+                let was_active = key.state == KeyState::Active;
+                sqlx::query(
+                    "UPDATE keys SET state = 'revoked', sealed_private = NULL, \
+                     deactivate_at = CASE WHEN state = 'active' THEN ? ELSE deactivate_at END, \
+                     retire_at = ? WHERE kid = ?",
+                )
+                .bind(ts(*at))
+                .bind(ts(*at))
+                .bind(kid.as_str())
+                .execute(&mut **tx)
+                .await
+                .map_err(backend)?;
+                let mut activated = None;
+                if was_active
+                    && let Some(next) =
+                        key_in_state(tx, &key.set, key.alg, KeyState::Pending).await?
+                {
+                    activate(tx, &next.kid, *at, true).await?;
+                    activated = Some(next.kid);
+                }
+                let deactivated = was_active.then(|| kid.clone());
+                Ok(done(activated, deactivated))
+            }
+            Change::Reschedule { kid, activate_at } => {
+                let res = sqlx::query(
+                    "UPDATE keys SET activate_at = ? WHERE kid = ? AND state = 'pending'",
+                )
+                .bind(ts(*activate_at))
+                .bind(kid.as_str())
+                .execute(&mut **tx)
+                .await
+                .map_err(backend)?;
+                if res.rows_affected() == 0 {
+                    return Ok(Applied::Stale(format!("{kid} is not pending")));
+                }
+                Ok(done(None, None))
+            }
+        }
+    }
+}
+
+fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
+    let u32_opt = |name: &str| -> Result<Option<u32>, StoreError> {
+        let v: Option<i64> = row.try_get(name).map_err(backend)?;
+        v.map(|v| u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{name} out of range"))))
+            .transpose()
+    };
+    let pid: Option<i64> = row.try_get("pid").map_err(backend)?;
+    Ok(AuditRecord {
+        seq: row.try_get("seq").map_err(backend)?,
+        entry: AuditEntry {
+            at: row.try_get("at").map_err(backend)?,
+            action: row.try_get("action").map_err(backend)?,
+            outcome: row.try_get("outcome").map_err(backend)?,
+            uid: u32_opt("uid")?,
+            gid: u32_opt("gid")?,
+            pid: pid.map(|p| p as i32),
+            exe: row.try_get("exe").map_err(backend)?,
+            client_id: row.try_get("client_id").map_err(backend)?,
+            audience: row.try_get("audience").map_err(backend)?,
+            kid: row.try_get("kid").map_err(backend)?,
+            jti: row.try_get("jti").map_err(backend)?,
+            detail: row.try_get("detail").map_err(backend)?,
+        },
+        prev_hash: row.try_get("prev_hash").map_err(backend)?,
+        hash: row.try_get("hash").map_err(backend)?,
+    })
+}
+
+const AUDIT_COLUMNS: &str = "seq, at, action, outcome, uid, gid, pid, exe, client_id, audience, kid, jti, detail, prev_hash, hash";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM keys ORDER BY set_name, alg, version");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn revision(&self) -> Result<i64, StoreError> {
+        let v: String = sqlx::query_scalar("SELECT value FROM meta WHERE name = 'revision'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        v.parse()
+            .map_err(|_| StoreError::Corrupt(format!("revision {v:?} is not a number")))
+    }
+
+    async fn apply(&self, change: &Change) -> Result<Applied, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let applied = self.apply_in(&mut tx, change).await?;
+        if matches!(applied, Applied::Done { .. }) {
+            bump_revision(&mut tx).await?;
+            tx.commit().await.map_err(backend)?;
+        } else {
+            tx.rollback().await.map_err(backend)?;
+        }
+        Ok(applied)
+    }
+
+    async fn bind_master_key(&self, fingerprint: &str) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE name = 'master_key_fingerprint'")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+        match stored {
+            Some(stored) if stored != fingerprint => {
+                return Err(StoreError::WrongMasterKey {
+                    stored,
+                    given: fingerprint.to_owned(),
+                });
+            }
+            Some(_) => {}
+            None => {
+                sqlx::query("INSERT INTO meta (name, value) VALUES ('master_key_fingerprint', ?)")
+                    .bind(fingerprint)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+            }
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<Vec<AuditRecord>, StoreError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.write_tx().await?;
+        let last: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+        let (mut seq, mut prev) = last.unwrap_or((0, GENESIS_HASH.to_owned()));
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            seq += 1;
+            let hash = chain_hash(&prev, seq, e);
+            let sql = format!(
+                "INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(seq)
+                .bind(e.at)
+                .bind(&e.action)
+                .bind(&e.outcome)
+                .bind(e.uid.map(i64::from))
+                .bind(e.gid.map(i64::from))
+                .bind(e.pid.map(i64::from))
+                .bind(&e.exe)
+                .bind(&e.client_id)
+                .bind(&e.audience)
+                .bind(&e.kid)
+                .bind(&e.jti)
+                .bind(&e.detail)
+                .bind(&prev)
+                .bind(&hash)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            out.push(AuditRecord {
+                seq,
+                entry: e.clone(),
+                prev_hash: std::mem::replace(&mut prev, hash.clone()),
+                hash,
+            });
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(out)
+    }
+
+    async fn audit_tail(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        let sql = format!(
+            "SELECT * FROM (SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq DESC LIMIT ?) ORDER BY seq"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn audit_all(&self) -> Result<Vec<AuditRecord>, StoreError> {
+        let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+}
+
+impl SqliteStore {
+    /// A private in-memory database (for `jwksd simulate` and tests of pure
+    /// lifecycle behaviour): one connection, kept for the store's lifetime,
+    /// since every new connection to `:memory:` would see an empty database.
+    pub async fn open_in_memory() -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:").map_err(backend)?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        migrator()
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Migrate(e.to_string()))?;
+        Ok(SqliteStore { pool })
+    }
+}
