@@ -42,7 +42,17 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(body: Body) -> Res
     let bytes = axum::body::to_bytes(body, MAX_BODY)
         .await
         .map_err(|_| ApiError::too_large())?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
+    // serde_path_to_error names the field of a type error ("client_id:
+    // invalid type ..."), which serde_json alone does not.
+    let de = &mut serde_json::Deserializer::from_slice(&bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            ApiError::bad_request(format!("request body: {}", e.inner()))
+        } else {
+            ApiError::bad_request(format!("request body: {path}: {}", e.inner()))
+        }
+    })
 }
 
 pub(super) async fn create(

@@ -1,0 +1,420 @@
+//! Test helpers: start the real `jwksd` binary on port 0 and a temporary
+//! socket, talk to it over real HTTP and the real Unix socket, and verify
+//! what it signs with independent implementations (`rsa`, `p384`).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use p384::ecdsa::signature::Verifier as _;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_jwksd");
+pub const AUD: &str = "https://ehr.example.com/oauth2/token";
+
+/// This process's uid and gid: the daemon sees them through SO_PEERCRED.
+pub fn my_uid() -> u32 {
+    nix::unistd::getuid().as_raw()
+}
+
+/// A policy whose callers are this test process (admin) for client `app`.
+/// RSA 2048 keeps generation fast; the 4096 default is tested elsewhere.
+pub fn policy(extra: &str) -> String {
+    format!(
+        r#"name = "default"
+algorithms = ["RS384", "ES384"]
+rsa_bits = 2048
+rotate_every = "30d"
+publish_ahead = "2d"
+grace = "7d"
+jwks_max_age = "1h"
+assertion_lifetime = "5m"
+clock_skew = "1m"
+
+[[clients]]
+client_id = "app"
+audiences = ["{AUD}"]
+jku = true
+
+[[clients]]
+client_id = "other-app"
+audiences = ["{AUD}"]
+
+[[callers]]
+uid = {uid}
+clients = ["app"]
+admin = true
+{extra}"#,
+        uid = my_uid()
+    )
+}
+
+/// A running daemon in its own temporary directory.
+pub struct Daemon {
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    child: Option<Child>,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Daemon {
+    /// Writes config, master key and `policy` into a fresh directory and
+    /// starts the daemon there.
+    pub fn start(policy: &str) -> Daemon {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        write_files(&dir, policy);
+        let mut d = Daemon::start_in(&dir);
+        d._tmp = Some(tmp);
+        d
+    }
+
+    /// Starts the daemon on the files already in `dir` (a restart).
+    pub fn start_in(dir: &Path) -> Daemon {
+        let config = dir.join("jwksd.toml");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("daemon.log"))
+            .unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "debug,sqlx=warn,hyper=info")
+            .env_remove("JWKSD_MASTER_KEY")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("daemon did not start: {}", read_log(dir)));
+        let field = |name: &str| -> String {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+                .to_owned()
+        };
+        Daemon {
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            child: Some(child),
+            public: field("public").parse().unwrap(),
+            admin: field("admin").parse().unwrap(),
+            socket: PathBuf::from(field("socket")),
+            config,
+        }
+    }
+
+    /// Waits until `/readyz` says every set has its signers.
+    pub async fn ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((status, _, _)) = http(self.admin, Method::GET, "/readyz", &[]).await {
+                if status == StatusCode::OK {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon never ready: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the set has an active key and a pending successor per alg.
+    pub async fn settled(&self) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, keys) = self.socket_json(Method::GET, "/v1/keys", None).await;
+            assert_eq!(status, StatusCode::OK, "{keys}");
+            let keys = keys.as_array().unwrap().clone();
+            let count = |state: &str| keys.iter().filter(|k| k["state"] == state).count();
+            if count("active") == 2 && count("pending") == 2 {
+                return keys;
+            }
+            assert!(Instant::now() < deadline, "keys never settled: {keys:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        read_log(&self.dir)
+    }
+
+    /// SIGKILL: no cleanup at all, as after a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns whether it exited 0.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    pub async fn jwks(&self) -> (StatusCode, HeaderMap, Bytes) {
+        http(self.public, Method::GET, "/.well-known/jwks.json", &[])
+            .await
+            .unwrap()
+    }
+
+    /// A raw socket request.
+    pub async fn socket_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Bytes) {
+        let stream = tokio::net::UnixStream::connect(&self.socket).await.unwrap();
+        let (status, _, body) = send(stream, method, path, &[], body).await.unwrap();
+        (status, body)
+    }
+
+    /// A JSON socket request.
+    pub async fn socket_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let (status, body) = self.socket_raw(method, path, bytes).await;
+        let value = serde_json::from_slice(&body).unwrap_or_else(|e| {
+            panic!(
+                "answer is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&body)
+            )
+        });
+        (status, value)
+    }
+
+    /// Asks for an assertion; panics unless it is granted.
+    pub async fn assertion(&self, alg: &str) -> Value {
+        let (status, answer) = self
+            .socket_json(
+                Method::POST,
+                "/v1/assertions",
+                Some(serde_json::json!({"client_id": "app", "audience": AUD, "alg": alg})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        answer
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn read_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
+}
+
+/// The config, a fresh master key (0600) and the policy.
+pub fn write_files(dir: &Path, policy: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::write(
+        dir.join("jwksd.toml"),
+        r#"[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+public_url = "http://127.0.0.1:8080/"
+socket = "jwksd.sock"
+
+[store]
+url = "sqlite://jwksd.db"
+
+[seal]
+master_key_file = "master.key"
+
+[policies]
+dir = "policies"
+"#,
+    )
+    .unwrap();
+    let mut key = [0u8; 32];
+    getrandom_fill(&mut key);
+    let key_path = dir.join("master.key");
+    std::fs::write(
+        &key_path,
+        base64::engine::general_purpose::STANDARD.encode(key) + "\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(dir.join("policies/default.toml"), policy).unwrap();
+}
+
+fn getrandom_fill(buf: &mut [u8]) {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(buf)
+        .unwrap();
+}
+
+/// One HTTP/1.1 request over TCP.
+pub async fn http(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(StatusCode, HeaderMap, Bytes), String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    send(stream, method, path, headers, Vec::new()).await
+}
+
+async fn send<S>(
+    stream: S,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<(StatusCode, HeaderMap, Bytes), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, headers, body))
+}
+
+pub fn b64d(s: &str) -> Vec<u8> {
+    URL_SAFE_NO_PAD.decode(s).unwrap()
+}
+
+/// Splits a compact JWS and decodes header and claims.
+pub fn decode_jwt(jwt: &str) -> (Value, Value, Vec<u8>, String) {
+    let parts: Vec<&str> = jwt.split('.').collect();
+    assert_eq!(parts.len(), 3, "not a compact JWS: {jwt}");
+    let header = serde_json::from_slice(&b64d(parts[0])).unwrap();
+    let claims = serde_json::from_slice(&b64d(parts[1])).unwrap();
+    let sig = b64d(parts[2]);
+    (header, claims, sig, format!("{}.{}", parts[0], parts[1]))
+}
+
+/// Verifies a JWT against a JWKS document with the RustCrypto crates only,
+/// using the key that the JWT's `kid` names. Returns false on any mismatch.
+pub fn verify_with_jwks(jwt: &str, jwks: &Value) -> bool {
+    let (header, _, sig, input) = decode_jwt(jwt);
+    let Some(jwk) = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == header["kid"])
+    else {
+        return false;
+    };
+    if jwk["alg"] != header["alg"] {
+        return false;
+    }
+    match header["alg"].as_str() {
+        Some("RS384") => {
+            let n = rsa::BoxedUint::from_be_slice_vartime(&b64d(jwk["n"].as_str().unwrap()));
+            let e = rsa::BoxedUint::from_be_slice_vartime(&b64d(jwk["e"].as_str().unwrap()));
+            let public = rsa::PublicKey::new(n, e).unwrap();
+            let verifier = rsa::pkcs1v15::VerifyingKey::<rsa::sha2::Sha384>::new(public);
+            let Ok(sig) = rsa::pkcs1v15::Signature::try_from(sig.as_slice()) else {
+                return false;
+            };
+            rsa::signature::Verifier::verify(&verifier, input.as_bytes(), &sig).is_ok()
+        }
+        Some("ES384") => {
+            if sig.len() != 96 {
+                return false;
+            }
+            let mut point = vec![0x04];
+            point.extend(b64d(jwk["x"].as_str().unwrap()));
+            point.extend(b64d(jwk["y"].as_str().unwrap()));
+            let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(&point).unwrap();
+            let Ok(sig) = p384::ecdsa::Signature::from_slice(&sig) else {
+                return false;
+            };
+            key.verify(input.as_bytes(), &sig).is_ok()
+        }
+        _ => false,
+    }
+}
