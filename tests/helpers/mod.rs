@@ -132,10 +132,8 @@ impl Daemon {
     pub async fn ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok((status, _, _)) = http(self.admin, Method::GET, "/readyz", &[]).await {
-                if status == StatusCode::OK {
-                    return;
-                }
+            if let Ok((StatusCode::OK, _, _)) = http(self.admin, Method::GET, "/readyz", &[]).await {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
