@@ -132,7 +132,8 @@ impl Daemon {
     pub async fn ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok((StatusCode::OK, _, _)) = http(self.admin, Method::GET, "/readyz", &[]).await {
+            if let Ok((StatusCode::OK, _, _)) = http(self.admin, Method::GET, "/readyz", &[]).await
+            {
                 return;
             }
             assert!(
@@ -158,6 +159,12 @@ impl Daemon {
             assert!(Instant::now() < deadline, "keys never settled: {keys:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Takes ownership of the temporary directory, so that it outlives this
+    /// daemon (for restarts on the same files).
+    pub fn keep_dir(&mut self) -> Option<tempfile::TempDir> {
+        self._tmp.take()
     }
 
     pub fn log(&self) -> String {
