@@ -31,7 +31,11 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon.
-    Serve,
+    Serve {
+        /// Run even as root (refused by default: the daemon needs no privileges).
+        #[arg(long)]
+        allow_root: bool,
+    },
     /// Write a starter config, policy and master key (existing files are kept).
     Init {
         /// Directory to write into.

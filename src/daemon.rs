@@ -146,6 +146,7 @@ pub async fn run(
         }
     });
 
+    crate::hygiene::notify_ready();
     let mut backoff = TICK;
     loop {
         match shared.scheduler.tick().await {
@@ -173,6 +174,7 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
         }
     }
+    crate::hygiene::notify_stopping();
     tracker.close();
     tracker.wait().await;
     drop(shared);

@@ -16,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod http;
+pub mod hygiene;
 pub mod init;
 pub mod jose;
 pub mod keyring;

@@ -74,7 +74,7 @@ fn socket_path(cli: &Cli) -> anyhow::Result<PathBuf> {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
-        Command::Serve => serve(&cli).await,
+        Command::Serve { allow_root } => serve(&cli, *allow_root).await,
         Command::Init { dir } => {
             let report = jwksd::init::run(dir)?;
             for p in &report.written {
@@ -130,7 +130,9 @@ async fn call(
     Ok(jwksd::client::call(&socket, method, path, body.map(strip_nulls)).await?)
 }
 
-async fn serve(cli: &Cli) -> anyhow::Result<ExitCode> {
+async fn serve(cli: &Cli, allow_root: bool) -> anyhow::Result<ExitCode> {
+    jwksd::hygiene::check_user(allow_root)?;
+    jwksd::hygiene::harden();
     let config = load_config(cli)?;
     let policies = Policies::load_dir(&config.policies_dir)?;
     let master = jwksd::seal::MasterKey::load(config.master_key_file.as_deref())
@@ -263,7 +265,9 @@ async fn keys(cli: &Cli, cmd: &KeysCommand) -> anyhow::Result<ExitCode> {
 async fn jwks(cli: &Cli, set: &str) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let config = load_config(cli)?;
-    let store = jwksd::store::open(&config.store).await?;
+    let store = jwksd::store::open_read_only(&config.store)
+        .await
+        .with_context(|| format!("cannot read the store {}", config.store))?;
     let bytes = jwksd::keyring::published_jwks(store.as_ref(), set)
         .await?
         .with_context(|| format!("set {set:?} has no published keys in {}", config.store))?;

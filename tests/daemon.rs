@@ -550,6 +550,7 @@ async fn a_second_daemon_on_a_live_socket_refuses_to_start() {
     let out = std::process::Command::new(BIN)
         .args(["serve", "--config"])
         .arg(&d.config)
+        .args(allow_root())
         .output()
         .unwrap();
     assert!(!out.status.success());

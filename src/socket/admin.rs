@@ -75,6 +75,7 @@ pub(super) async fn rotate(
 ) -> Result<Json<RotateOutcome>, ApiError> {
     let mut entry = peer.audit(shared.scheduler.clock().now().timestamp(), "rotate");
     let result = async {
+        require_any_admin(&shared, &peer)?;
         let req: RotateRequest = read_json(request.into_body()).await?;
         let set = SetName::new(&req.set).map_err(|e| ApiError::bad_request(format!("set: {e}")))?;
         let policies = shared.scheduler.policies();
@@ -115,6 +116,8 @@ pub(super) async fn revoke(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let mut entry = peer.audit(shared.scheduler.clock().now().timestamp(), "revoke");
     let result = async {
+        // Non-admins learn nothing about which sets or kids exist.
+        require_any_admin(&shared, &peer)?;
         let req: RevokeRequest = read_json(request.into_body()).await?;
         entry.kid = Some(req.kid.clone());
         let snapshot = shared.keyring.snapshot();

@@ -82,10 +82,21 @@ pub(super) async fn create(
             entry.detail = Some(e.message.clone());
         }
     }
+    // Label values come from the policy, never from the request: a caller
+    // must not be able to mint metric series (memory) with made-up ids.
+    let client_label = if set_label.is_empty() {
+        "unknown"
+    } else {
+        entry.client_id.as_deref().unwrap_or("unknown")
+    };
     shared.metrics.signature(
-        &set_label,
-        result.as_ref().map(|a| a.alg.as_str()).unwrap_or(""),
-        entry.client_id.as_deref().unwrap_or(""),
+        if set_label.is_empty() {
+            "unknown"
+        } else {
+            &set_label
+        },
+        result.as_ref().map(|a| a.alg.as_str()).unwrap_or("unknown"),
+        client_label,
         &entry.outcome,
     );
     // No signature leaves without its audit record; a refusal is recorded too.

@@ -171,6 +171,14 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
+/// Opens the store for reading only, creating and migrating nothing.
+pub async fn open_read_only(url: &StoreUrl) -> Result<Arc<dyn Store>, StoreError> {
+    match url {
+        StoreUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::open_read_only(path).await?)),
+        StoreUrl::Postgres(_) => open(url).await,
+    }
+}
+
 /// Opens (and migrates) the store named by the config.
 pub async fn open(url: &StoreUrl) -> Result<Arc<dyn Store>, StoreError> {
     match url {

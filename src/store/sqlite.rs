@@ -55,7 +55,9 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             // Keys are irreplaceable: every commit reaches the disk.
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // Erased private halves are overwritten, not left in free pages.
+            .pragma("secure_delete", "ON");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
@@ -65,6 +67,27 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Migrate(e.to_string()))?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// Opens an existing database for reading only: never creates it, never
+    /// migrates it (for `jwksd jwks`, which may run as another user).
+    pub async fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Backend(format!(
+                "{} does not exist",
+                path.display()
+            )));
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
         Ok(SqliteStore { pool })
     }
 
@@ -196,6 +219,10 @@ async fn activate(
     .await
     .map_err(backend)?;
     Ok(())
+}
+
+fn erases_private_half(change: &Change) -> bool {
+    matches!(change, Change::Activate { .. } | Change::Revoke { .. })
 }
 
 fn done(activated: Option<Kid>, deactivated: Option<Kid>) -> Applied {
@@ -409,6 +436,14 @@ impl Store for SqliteStore {
         if matches!(applied, Applied::Done { .. }) {
             bump_revision(&mut tx).await?;
             tx.commit().await.map_err(backend)?;
+            if erases_private_half(change) {
+                // secure_delete clears the main file's pages; the old page
+                // images in the WAL go when it is checkpointed and truncated.
+                // Best effort: a busy reader only delays it to the next one.
+                let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(&self.pool)
+                    .await;
+            }
         } else {
             tx.rollback().await.map_err(backend)?;
         }

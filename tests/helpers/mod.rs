@@ -27,6 +27,16 @@ pub fn my_uid() -> u32 {
     nix::unistd::getuid().as_raw()
 }
 
+/// `--allow-root` when the tests run as root (as in CI): the daemon refuses
+/// root otherwise.
+pub fn allow_root() -> Vec<&'static str> {
+    if nix::unistd::geteuid().is_root() {
+        vec!["--allow-root"]
+    } else {
+        Vec::new()
+    }
+}
+
 /// A policy whose callers are this test process (admin) for client `app`.
 /// RSA 2048 keeps generation fast; the 4096 default is tested elsewhere.
 pub fn policy(extra: &str) -> String {
@@ -93,6 +103,7 @@ impl Daemon {
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&config)
+            .args(allow_root())
             .env("RUST_LOG", "debug,sqlx=warn,hyper=info")
             .env_remove("JWKSD_MASTER_KEY")
             .stdout(Stdio::piped())

@@ -1,0 +1,56 @@
+//! Process hygiene at start-up: no core dumps (they would hold unsealed
+//! keys), no ptrace by same-uid processes, refuse to run as root unless the
+//! operator says so, and tell systemd when the daemon is ready.
+
+use nix::sys::resource::{Resource, setrlimit};
+
+/// Why the daemon will not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HygieneError {
+    #[error(
+        "refusing to run as root: a key daemon needs no privileges; run it as a dedicated user (see deploy/systemd) or pass --allow-root"
+    )]
+    Root,
+}
+
+/// Refuses uid 0 unless `allow_root`.
+pub fn check_user(allow_root: bool) -> Result<(), HygieneError> {
+    if nix::unistd::geteuid().is_root() && !allow_root {
+        return Err(HygieneError::Root);
+    }
+    if nix::unistd::geteuid().is_root() {
+        tracing::warn!("running as root (--allow-root)");
+    }
+    Ok(())
+}
+
+/// Turns core dumps off and makes the process non-dumpable (which also
+/// stops same-uid processes from attaching a debugger or reading
+/// /proc/<pid>/mem). Best effort: each failure is logged, none is fatal.
+pub fn harden() {
+    match setrlimit(Resource::RLIMIT_CORE, 0, 0) {
+        Ok(()) => tracing::debug!("core dumps disabled (RLIMIT_CORE = 0)"),
+        Err(e) => tracing::warn!(error = %e, "could not disable core dumps"),
+    }
+    match nix::sys::prctl::set_dumpable(false) {
+        Ok(()) => tracing::debug!("process marked non-dumpable"),
+        Err(e) => tracing::warn!(error = %e, "could not mark the process non-dumpable"),
+    }
+}
+
+/// Tells systemd (when run under it with Type=notify) that the daemon is
+/// ready; a no-op elsewhere.
+pub fn notify_ready() {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+            tracing::warn!(error = %e, "sd_notify READY=1 failed");
+        }
+    }
+}
+
+/// Tells systemd the daemon is stopping.
+pub fn notify_stopping() {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    }
+}
