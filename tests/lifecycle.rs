@@ -937,3 +937,149 @@ fn simulate_text_prints_one_readable_line_per_event() {
     }
     assert!(body[0].starts_with("2026-01-01 00:00:00"), "{}", body[0]);
 }
+
+// ---------------------------------------------------------------------------
+// Operator actions (rule 8) on the real scheduler
+// ---------------------------------------------------------------------------
+
+const MONTHLY_RS: &str = "name = \"ops\"\nalgorithms = [\"RS384\"]\nrotate_every = \"30d\"\n\
+     publish_ahead = \"2d\"\ngrace = \"7d\"\n";
+
+fn ops_keys(keys: &[StoredKey]) -> Vec<(u32, KeyState, bool)> {
+    keys.iter()
+        .map(|k| (k.version, k.state, k.sealed_private.is_some()))
+        .collect()
+}
+
+/// A bootstrapped `ops` set at 2026-01-01 (v1 active, v2 pending for Jan 31).
+async fn ops_sim() -> Simulation {
+    let policy = Policy::from_toml(Path::new("ops.toml"), MONTHLY_RS).unwrap();
+    let sim = Simulation::new(policy, utc("2026-01-01T00:00:00Z"))
+        .await
+        .unwrap();
+    sim.tick().await.unwrap();
+    sim
+}
+
+fn kinds(events: &[Event]) -> Vec<(EventKind, u32)> {
+    events
+        .iter()
+        .map(|e| {
+            let v = e.after.iter().find(|k| k.kid == e.kid).unwrap().version;
+            // Rule 2 at every event.
+            let active = e
+                .after
+                .iter()
+                .filter(|k| k.state == KeyState::Active)
+                .count();
+            assert_eq!(active, 1, "rule 2 after {:?}", e.kind);
+            (e.kind, v)
+        })
+        .collect()
+}
+
+#[test]
+fn rotate_without_now_moves_the_pending_key_forward_but_keeps_publish_ahead() {
+    runtime().block_on(async {
+        let sim = ops_sim().await;
+        let set = jwksd::types::SetName::new("ops").unwrap();
+        sim.clock.set(utc("2026-01-01T12:00:00Z"));
+        let (out, _) = sim.scheduler.rotate(&set, None, false).await.unwrap();
+        assert_eq!(out.activated, None);
+        let keys = sim.keys().await.unwrap();
+        // Published at 00:00 on Jan 1: signs no earlier than Jan 3 00:00.
+        assert_eq!(keys[1].activate_at, Some(utc("2026-01-03T00:00:00Z")));
+        sim.clock.set(utc("2026-01-02T23:59:59Z"));
+        assert!(sim.tick().await.unwrap().is_empty());
+        sim.clock.set(utc("2026-01-03T00:00:00Z"));
+        let events = sim.tick().await.unwrap();
+        assert_eq!(
+            kinds(&events),
+            [
+                (EventKind::Activated, 2),
+                (EventKind::Deactivated, 1),
+                (EventKind::Generated, 3)
+            ]
+        );
+        let keys = sim.keys().await.unwrap();
+        assert!(!keys[1].emergency);
+        assert_eq!(keys[2].activate_at, Some(utc("2026-02-02T00:00:00Z")));
+    });
+}
+
+#[test]
+fn rotate_now_activates_the_pending_key_at_once_and_generates_its_successor() {
+    runtime().block_on(async {
+        let sim = ops_sim().await;
+        let set = jwksd::types::SetName::new("ops").unwrap();
+        let now = utc("2026-01-01T00:00:10Z");
+        sim.clock.set(now);
+        let (out, events) = sim.scheduler.rotate(&set, None, true).await.unwrap();
+        let keys = sim.keys().await.unwrap();
+        assert_eq!(out.activated.as_ref(), Some(&keys[1].kid));
+        assert_eq!(out.deactivated.as_ref(), Some(&keys[0].kid));
+        assert_eq!(out.pending.as_ref(), Some(&keys[2].kid));
+        assert_eq!(
+            kinds(&events),
+            [
+                (EventKind::Activated, 2),
+                (EventKind::Deactivated, 1),
+                (EventKind::Generated, 3)
+            ]
+        );
+        assert_eq!(
+            ops_keys(&keys),
+            [
+                (1, KeyState::Retiring, false),
+                (2, KeyState::Active, true),
+                (3, KeyState::Pending, true)
+            ]
+        );
+        assert!(keys[1].emergency);
+        assert_eq!(keys[0].retire_at, Some(now + TimeDelta::days(7)));
+        assert_eq!(keys[2].activate_at, Some(now + TimeDelta::days(30)));
+    });
+}
+
+#[test]
+fn revoking_the_active_key_hands_over_to_its_successor_at_once() {
+    runtime().block_on(async {
+        let sim = ops_sim().await;
+        let now = utc("2026-01-05T00:00:00Z");
+        sim.clock.set(now);
+        let v1 = sim.keys().await.unwrap()[0].kid.clone();
+        let (out, events) = sim.scheduler.revoke(&v1).await.unwrap();
+        let keys = sim.keys().await.unwrap();
+        assert_eq!(out.activated.as_ref(), Some(&keys[1].kid));
+        assert_eq!(
+            kinds(&events),
+            [
+                (EventKind::Revoked, 1),
+                (EventKind::Activated, 2),
+                (EventKind::Generated, 3)
+            ]
+        );
+        assert_eq!(
+            ops_keys(&keys),
+            [
+                (1, KeyState::Revoked, false),
+                (2, KeyState::Active, true),
+                (3, KeyState::Pending, true)
+            ]
+        );
+        assert!(keys[1].emergency);
+        // Revoking the pending key: a new successor, the signer unchanged.
+        let v3 = keys[2].kid.clone();
+        let (out, events) = sim.scheduler.revoke(&v3).await.unwrap();
+        assert_eq!(out.activated, None);
+        assert_eq!(
+            kinds(&events),
+            [(EventKind::Revoked, 3), (EventKind::Generated, 4)]
+        );
+        let keys = sim.keys().await.unwrap();
+        assert_eq!(keys[3].state, KeyState::Pending);
+        assert!(keys[3].activate_at.unwrap() >= now + TimeDelta::days(2));
+        // A revoked key cannot be revoked again.
+        assert!(sim.scheduler.revoke(&v1).await.is_err());
+    });
+}
