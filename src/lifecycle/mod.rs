@@ -169,3 +169,6 @@ pub fn reschedule(policy: &Policy, keys: &[StoredKey]) -> Vec<Change> {
     }
     changes
 }
+
+#[cfg(test)]
+mod tests;
