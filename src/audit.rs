@@ -11,7 +11,7 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 
 /// What happened, as the caller of the auditor describes it. Assertions
 /// themselves are never part of an entry.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AuditEntry {
     /// Unix seconds.
     pub at: i64,

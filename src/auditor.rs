@@ -1,9 +1,18 @@
 //! The audit writer: one task that appends entries to the store's chain in
-//! batches (group commit). A caller waits until its own entry is committed,
-//! so no signature is handed out without its record, while one transaction
+//! batches (group commit). A caller waits until its own entry is durable, so
+//! no signature is handed out without its record, while one transaction
 //! carries many concurrent requests' records.
+//!
+//! When the store does not answer (PostgreSQL restarting, a network cut),
+//! entries go to a local spool file (JSON lines, fsynced) instead, so that
+//! signing goes on; the spool is replayed into the chain, in order and before
+//! anything newer, as soon as the store answers again. Only when neither the
+//! store nor the spool can take an entry is the request refused.
 
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -14,11 +23,13 @@ use crate::store::Store;
 const MAX_BATCH: usize = 512;
 /// Entries waiting for the writer; senders wait (back-pressure) when full.
 const QUEUE: usize = 4096;
+/// How often a non-empty spool is retried while no new entry arrives.
+const REPLAY_EVERY: Duration = Duration::from_secs(2);
 
 /// Why an entry could not be recorded.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AuditError {
-    /// The store refused the batch; the detail is for the daemon's log only.
+    /// Neither the store nor the spool took the entry; details are in the log.
     #[error("the audit trail could not be written: {0}")]
     Store(String),
     /// The writer has stopped (daemon shutting down).
@@ -35,15 +46,21 @@ pub struct Auditor {
 }
 
 impl Auditor {
-    /// Starts the writer task on the current runtime. It ends when every
-    /// `Auditor` clone is dropped, after writing what was queued.
-    pub fn start(store: Arc<dyn Store>) -> (Auditor, tokio::task::JoinHandle<()>) {
+    /// Starts the writer task on the current runtime. `spool` is the file
+    /// used while the store is down (`None`: no spool, refuse instead). The
+    /// task ends when every `Auditor` clone is dropped, after writing what
+    /// was queued.
+    pub fn start(
+        store: Arc<dyn Store>,
+        spool: Option<PathBuf>,
+    ) -> (Auditor, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(write_loop(store, rx));
+        let task = tokio::spawn(write_loop(store, Spool { path: spool }, rx));
         (Auditor { tx }, task)
     }
 
-    /// Appends `entry` and waits until it is committed.
+    /// Appends `entry` and waits until it is durable (in the store, or in
+    /// the spool while the store is down).
     pub async fn record(&self, entry: AuditEntry) -> Result<(), AuditError> {
         let (done, wait) = oneshot::channel();
         self.tx
@@ -54,20 +71,133 @@ impl Auditor {
     }
 }
 
-async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>) {
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let entries: Vec<AuditEntry> = batch.iter().map(|(e, _)| e.clone()).collect();
-        let result = store
-            .append_audit(&entries)
-            .await
-            .map(|_| ())
-            .map_err(|e| AuditError::Store(e.to_string()));
-        if let Err(e) = &result {
-            tracing::error!(error = %e, entries = entries.len(), "audit batch not written");
+/// The local overflow file.
+struct Spool {
+    path: Option<PathBuf>,
+}
+
+impl Spool {
+    fn pending(&self) -> bool {
+        self.path
+            .as_deref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .is_some_and(|m| m.len() > 0)
+    }
+
+    fn append(&self, entries: &[AuditEntry]) -> Result<(), String> {
+        let path = self.path.as_deref().ok_or("no spool configured")?;
+        let mut buf = Vec::new();
+        for e in entries {
+            serde_json::to_writer(&mut buf, e).map_err(|e| e.to_string())?;
+            buf.push(b'\n');
         }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        f.write_all(&buf)
+            .and_then(|_| f.sync_data())
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    fn read(path: &Path) -> Result<Vec<AuditEntry>, String> {
+        let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut out = Vec::new();
+        for line in std::io::BufReader::new(f).lines() {
+            let line = line.map_err(|e| e.to_string())?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            // A line torn by a crash mid-write is the only thing that can be
+            // unreadable; it was never acknowledged, so it is skipped.
+            match serde_json::from_str(&line) {
+                Ok(e) => out.push(e),
+                Err(e) => tracing::warn!(error = %e, "skipping a torn audit spool line"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves the spool into the store; true when it is empty afterwards.
+    async fn replay(&self, store: &dyn Store) -> bool {
+        let Some(path) = self.path.as_deref() else {
+            return true;
+        };
+        if !self.pending() {
+            return true;
+        }
+        let entries = match Self::read(path) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the audit spool");
+                return false;
+            }
+        };
+        match store.append_audit(&entries).await {
+            Ok(_) => {
+                if let Err(e) = std::fs::remove_file(path) {
+                    // The entries are in the store; a leftover spool would
+                    // be replayed twice, so say so loudly.
+                    tracing::error!(error = %e, path = %path.display(), "audit spool replayed but not removed");
+                }
+                tracing::info!(
+                    entries = entries.len(),
+                    "audit spool replayed into the store"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "store still down; audit spool kept");
+                false
+            }
+        }
+    }
+}
+
+async fn write_loop(store: Arc<dyn Store>, spool: Spool, mut rx: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let received = if spool.pending() {
+            match tokio::time::timeout(REPLAY_EVERY, rx.recv_many(&mut batch, MAX_BATCH)).await {
+                Ok(n) => n,
+                Err(_) => {
+                    spool.replay(store.as_ref()).await;
+                    continue;
+                }
+            }
+        } else {
+            rx.recv_many(&mut batch, MAX_BATCH).await
+        };
+        if received == 0 {
+            break;
+        }
+        let entries: Vec<AuditEntry> = batch.iter().map(|(e, _)| e.clone()).collect();
+        // Older spooled entries go first, or the chain would be out of order.
+        let result = if spool.replay(store.as_ref()).await {
+            match store.append_audit(&entries).await {
+                Ok(_) => Ok(()),
+                Err(e) => spool_or_fail(&spool, &entries, &e.to_string()),
+            }
+        } else {
+            spool_or_fail(&spool, &entries, "store down, older entries still spooled")
+        };
         for (_, done) in batch.drain(..) {
             let _ = done.send(result.clone());
+        }
+    }
+    spool.replay(store.as_ref()).await;
+}
+
+fn spool_or_fail(spool: &Spool, entries: &[AuditEntry], why: &str) -> Result<(), AuditError> {
+    match spool.append(entries) {
+        Ok(()) => {
+            tracing::warn!(entries = entries.len(), reason = %why, "audit entries spooled locally until the store answers");
+            Ok(())
+        }
+        Err(spool_err) => {
+            tracing::error!(reason = %why, spool = %spool_err, entries = entries.len(), "audit entries could not be written anywhere");
+            Err(AuditError::Store(format!("{why}; spool: {spool_err}")))
         }
     }
 }

@@ -33,6 +33,8 @@ pub const DEFAULT_SOCKET: &str = "/run/jwksd/jwksd.sock";
 pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
 /// Default `store.url`.
 pub const DEFAULT_STORE_URL: &str = "sqlite:///var/lib/jwksd/jwksd.db";
+/// Default `store.audit_spool` with PostgreSQL.
+pub const DEFAULT_AUDIT_SPOOL: &str = "/var/lib/jwksd/audit-spool.jsonl";
 /// Default `policies.dir`.
 pub const DEFAULT_POLICIES_DIR: &str = "/etc/jwksd/policies";
 
@@ -82,6 +84,10 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[store] url`; default `sqlite:///var/lib/jwksd/jwksd.db`.
     pub store: StoreUrl,
+    /// `[store] audit_spool`: where audit records wait while the store does
+    /// not answer. Default: `audit-spool.jsonl` next to the SQLite file, or
+    /// `/var/lib/jwksd/audit-spool.jsonl` with PostgreSQL.
+    pub audit_spool: PathBuf,
     /// `[seal] master_key_file`; `None` means the key comes from the
     /// `JWKSD_MASTER_KEY` environment variable.
     pub master_key_file: Option<PathBuf>,
@@ -206,6 +212,7 @@ struct RawServer {
 #[serde(deny_unknown_fields, default)]
 struct RawStore {
     url: Option<String>,
+    audit_spool: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -371,6 +378,14 @@ impl Config {
         };
 
         let store = parse_store(&c, raw.store.url.as_deref().unwrap_or(DEFAULT_STORE_URL))?;
+        let audit_spool = match raw.store.audit_spool.as_deref() {
+            Some(p) => c.path("store.audit_spool", p)?,
+            // Next to the SQLite file; for PostgreSQL in the state directory.
+            None => match &store {
+                StoreUrl::Sqlite(db) => db.with_file_name("audit-spool.jsonl"),
+                StoreUrl::Postgres(_) => PathBuf::from(DEFAULT_AUDIT_SPOOL),
+            },
+        };
         let master_key_file = match raw.seal.master_key_file.as_deref() {
             None => None,
             Some(p) => Some(c.path("seal.master_key_file", p)?),
@@ -393,6 +408,7 @@ impl Config {
                 socket_group,
             },
             store,
+            audit_spool,
             master_key_file,
             policies_dir,
         })

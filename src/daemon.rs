@@ -79,6 +79,8 @@ pub struct Parts {
     pub clock: Arc<dyn Clock>,
     pub keygen: Arc<dyn KeySource>,
     pub public_url: String,
+    /// Where audit records wait while the store is down.
+    pub audit_spool: Option<PathBuf>,
 }
 
 /// The bound listeners.
@@ -102,7 +104,7 @@ pub async fn run(
         .store
         .bind_master_key(&parts.master.fingerprint())
         .await?;
-    let (auditor, audit_task) = Auditor::start(parts.store.clone());
+    let (auditor, audit_task) = Auditor::start(parts.store.clone(), parts.audit_spool.clone());
     let policies = Arc::new(RwLock::new(Arc::new(parts.policies)));
     let scheduler = Scheduler::new(
         parts.store.clone(),

@@ -191,6 +191,7 @@ async fn serve(cli: &Cli, allow_root: bool) -> anyhow::Result<ExitCode> {
         clock: Arc::new(jwksd::clock::SystemClock),
         keygen: Arc::new(jwksd::scheduler::AwsLcKeys),
         public_url,
+        audit_spool: Some(config.audit_spool.clone()),
     };
     let listeners = Listeners {
         public,
