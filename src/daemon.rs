@@ -128,6 +128,7 @@ pub async fn run(
     // first tick has generated them.
     shared.refresh().await?;
     shared.metrics.leader.set(1);
+    shared.metrics.prime(&shared.scheduler.policies());
 
     let tracker = TaskTracker::new();
     let public = crate::http::public::router(shared.clone());

@@ -134,6 +134,23 @@ impl Metrics {
             .inc();
     }
 
+    /// Creates the `ok` series of every (set, alg, client) the policies
+    /// allow, so dashboards and alerts see zeros instead of missing series.
+    pub fn prime(&self, policies: &crate::policy::Policies) {
+        for p in policies.iter() {
+            for alg in &p.algorithms {
+                for c in &p.clients {
+                    self.signatures.get_or_create(&SignLabels {
+                        set: p.name.to_string(),
+                        alg: alg.to_string(),
+                        client: c.client_id.clone(),
+                        outcome: "ok".to_owned(),
+                    });
+                }
+            }
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self, shared: &Shared) -> String {
         let now = shared.scheduler.clock().now();

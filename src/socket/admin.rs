@@ -50,6 +50,10 @@ async fn audited<T>(
     result: Result<T, ApiError>,
 ) -> Result<T, ApiError> {
     if let Err(e) = &result {
+        tracing::info!(
+            uid = entry.uid, action = %entry.action, status = e.status.as_u16(),
+            error = e.code, reason = %e.message, "admin request refused"
+        );
         entry.outcome = e.code.to_owned();
         entry.detail = Some(e.message.clone());
     }

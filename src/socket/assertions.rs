@@ -78,6 +78,11 @@ pub(super) async fn create(
             entry.jti = Some(answer.jti.clone());
         }
         Err(e) => {
+            tracing::info!(
+                uid = peer.uid, gid = peer.gid, pid = ?peer.pid,
+                client_id = ?entry.client_id, status = e.status.as_u16(), error = e.code,
+                reason = %e.message, "assertion refused"
+            );
             entry.outcome = e.code.to_owned();
             entry.detail = Some(e.message.clone());
         }

@@ -94,6 +94,21 @@ impl Daemon {
 
     /// Starts the daemon on the files already in `dir` (a restart).
     pub fn start_in(dir: &Path) -> Daemon {
+        Daemon::start_in_with(dir, &[])
+    }
+
+    /// Like `start`, with extra command-line arguments.
+    pub fn start_with(policy: &str, args: &[&str]) -> Daemon {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        write_files(&dir, policy);
+        let mut d = Daemon::start_in_with(&dir, args);
+        d._tmp = Some(tmp);
+        d
+    }
+
+    /// `start_in` with extra command-line arguments.
+    pub fn start_in_with(dir: &Path, args: &[&str]) -> Daemon {
         let config = dir.join("jwksd.toml");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -104,6 +119,7 @@ impl Daemon {
             .args(["serve", "--config"])
             .arg(&config)
             .args(allow_root())
+            .args(args)
             .env("RUST_LOG", "debug,sqlx=warn,hyper=info")
             .env_remove("JWKSD_MASTER_KEY")
             .stdout(Stdio::piped())
