@@ -140,7 +140,7 @@ impl Metrics {
         for p in policies.iter() {
             for alg in &p.algorithms {
                 for c in &p.clients {
-                    self.signatures.get_or_create(&SignLabels {
+                    let _ = self.signatures.get_or_create(&SignLabels {
                         set: p.name.to_string(),
                         alg: alg.to_string(),
                         client: c.client_id.clone(),
