@@ -39,10 +39,21 @@ pub enum AuditError {
 
 type Job = (AuditEntry, oneshot::Sender<Result<(), AuditError>>);
 
+/// What this process knows of the chain's end: the newest record it wrote
+/// (seq, hash), and whether it ever saw the chain shrink under it.
+#[derive(Debug, Default)]
+pub struct HeadState {
+    pub newest: Option<(i64, String)>,
+    pub cut: Option<String>,
+}
+
+type Head = Arc<std::sync::Mutex<HeadState>>;
+
 /// A handle to the audit writer; cheap to clone.
 #[derive(Clone)]
 pub struct Auditor {
     tx: mpsc::Sender<Job>,
+    head: Head,
 }
 
 impl Auditor {
@@ -55,8 +66,17 @@ impl Auditor {
         spool: Option<PathBuf>,
     ) -> (Auditor, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(write_loop(store, Spool { path: spool }, rx));
-        (Auditor { tx }, task)
+        let head: Head = Arc::default();
+        let task = tokio::spawn(write_loop(store, Spool { path: spool }, rx, head.clone()));
+        (Auditor { tx, head }, task)
+    }
+
+    /// The newest record this process wrote, if any: a chain in the store
+    /// that ends before it was cut at the end, which hashes alone cannot
+    /// show.
+    pub fn head(&self) -> (Option<(i64, String)>, Option<String>) {
+        let h = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        (h.newest.clone(), h.cut.clone())
     }
 
     /// Appends `entry` and waits until it is durable (in the store, or in
@@ -155,7 +175,7 @@ impl Spool {
     }
 }
 
-async fn write_loop(store: Arc<dyn Store>, spool: Spool, mut rx: mpsc::Receiver<Job>) {
+async fn write_loop(store: Arc<dyn Store>, spool: Spool, mut rx: mpsc::Receiver<Job>, head: Head) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     loop {
         let received = if spool.pending() {
@@ -176,7 +196,27 @@ async fn write_loop(store: Arc<dyn Store>, spool: Spool, mut rx: mpsc::Receiver<
         // Older spooled entries go first, or the chain would be out of order.
         let result = if spool.replay(store.as_ref()).await {
             match store.append_audit(&entries).await {
-                Ok(_) => Ok(()),
+                Ok(records) => {
+                    let mut h = head.lock().unwrap_or_else(|p| p.into_inner());
+                    // Sequence numbers only grow (replicas included): a new
+                    // record at or below one we wrote means records were
+                    // deleted from the end of the chain.
+                    if let (Some((seq, _)), Some(first)) = (&h.newest, records.first())
+                        && first.seq <= *seq
+                        && h.cut.is_none()
+                    {
+                        let msg = format!(
+                            "audit record {seq} was written by this daemon, but the chain continued at {}: the newest records were deleted",
+                            first.seq
+                        );
+                        tracing::error!("{msg}");
+                        h.cut = Some(msg);
+                    }
+                    if let Some(last) = records.last() {
+                        h.newest = Some((last.seq, last.hash.clone()));
+                    }
+                    Ok(())
+                }
                 Err(e) => spool_or_fail(&spool, &entries, &e.to_string()),
             }
         } else {

@@ -199,7 +199,7 @@ pub(super) async fn audit_verify(
     let allowed = require_any_admin(&shared, &peer);
     audited(&shared, entry, allowed).await?;
     let records = shared.store.audit_all().await.map_err(ApiError::internal)?;
-    let answer = match verify_chain(GENESIS_HASH, &records) {
+    let mut answer = match verify_chain(GENESIS_HASH, &records) {
         Ok(n) => VerifyAnswer {
             ok: true,
             records: n,
@@ -211,5 +211,24 @@ pub(super) async fn audit_verify(
             error: Some(e.to_string()),
         },
     };
+    // Cutting records off the end leaves a valid shorter chain; this process
+    // knows the newest record it wrote and whether the chain ever shrank.
+    let (newest, cut) = shared.auditor.head();
+    if answer.ok {
+        if let Some(msg) = cut {
+            answer.ok = false;
+            answer.error = Some(msg);
+        } else if let Some((seq, hash)) = newest
+            && records
+                .iter()
+                .find(|r| r.seq == seq)
+                .is_none_or(|r| r.hash != hash)
+        {
+            answer.ok = false;
+            answer.error = Some(format!(
+                "audit record {seq}, written by this daemon, is missing or changed: the newest records were deleted"
+            ));
+        }
+    }
     Ok(Json(answer))
 }
