@@ -188,7 +188,7 @@ async fn serve(cli: &Cli, allow_root: bool) -> anyhow::Result<ExitCode> {
         master: Arc::new(master),
         policies,
         policies_dir: config.policies_dir.clone(),
-        clock: Arc::new(jwksd::clock::SystemClock),
+        clock: Arc::new(jwksd::clock::GuardedClock::system()),
         keygen: Arc::new(jwksd::scheduler::AwsLcKeys),
         public_url,
         audit_spool: Some(config.audit_spool.clone()),
