@@ -41,10 +41,10 @@ pub fn harden() {
 /// Tells systemd (when run under it with Type=notify) that the daemon is
 /// ready; a no-op elsewhere.
 pub fn notify_ready() {
-    if std::env::var_os("NOTIFY_SOCKET").is_some() {
-        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-            tracing::warn!(error = %e, "sd_notify READY=1 failed");
-        }
+    if std::env::var_os("NOTIFY_SOCKET").is_some()
+        && let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready])
+    {
+        tracing::warn!(error = %e, "sd_notify READY=1 failed");
     }
 }
 
