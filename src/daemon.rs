@@ -81,6 +81,9 @@ pub struct Parts {
     pub public_url: String,
     /// Where audit records wait while the store is down.
     pub audit_spool: Option<PathBuf>,
+    /// When set, the public listener speaks TLS with this certificate,
+    /// re-read when its files change (checked every tick) and on SIGHUP.
+    pub tls: Option<Arc<crate::http::tls::CertStore>>,
 }
 
 /// The bound listeners.
@@ -132,7 +135,15 @@ pub async fn run(
 
     let tracker = TaskTracker::new();
     let public = crate::http::public::router(shared.clone());
-    tracker.spawn(serve_tcp(listeners.public, public, shutdown.clone()));
+    match &parts.tls {
+        Some(certs) => tracker.spawn(crate::http::tls::serve_tls(
+            listeners.public,
+            public,
+            certs.clone(),
+            shutdown.clone(),
+        )),
+        None => tracker.spawn(serve_tcp(listeners.public, public, shutdown.clone())),
+    };
     if let Some(admin) = listeners.admin {
         let router = crate::http::admin::router(shared.clone());
         tracker.spawn(serve_tcp(admin, router, shutdown.clone()));
@@ -152,6 +163,9 @@ pub async fn run(
     crate::hygiene::notify_ready();
     let mut backoff = TICK;
     loop {
+        if let Some(certs) = &parts.tls {
+            certs.check_for_change();
+        }
         match shared.scheduler.tick().await {
             Ok(events) => {
                 backoff = TICK;
@@ -173,7 +187,13 @@ pub async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            Some(()) = reload.recv() => reload_policies(&shared, &parts.policies_dir, &policies).await,
+            Some(()) = reload.recv() => {
+                reload_policies(&shared, &parts.policies_dir, &policies).await;
+                if let Some(certs) = &parts.tls {
+                    // A refused pair is logged by `reload`; the old one stays.
+                    let _ = certs.reload();
+                }
+            }
             _ = shutdown.cancelled() => break,
         }
     }

@@ -137,6 +137,13 @@ async fn serve(cli: &Cli, allow_root: bool) -> anyhow::Result<ExitCode> {
     let policies = Policies::load_dir(&config.policies_dir)?;
     let master = jwksd::seal::MasterKey::load(config.master_key_file.as_deref())
         .context("cannot load the master key ([seal] master_key_file or JWKSD_MASTER_KEY)")?;
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            jwksd::http::tls::CertStore::load(cert, key)
+                .context("cannot use the TLS certificate (server.tls_cert, server.tls_key)")?,
+        )),
+        _ => None,
+    };
     let store = jwksd::store::open(&config.store)
         .await
         .with_context(|| format!("cannot open the store {}", config.store))?;
@@ -192,6 +199,7 @@ async fn serve(cli: &Cli, allow_root: bool) -> anyhow::Result<ExitCode> {
         keygen: Arc::new(jwksd::scheduler::AwsLcKeys),
         public_url,
         audit_spool: Some(config.audit_spool.clone()),
+        tls,
     };
     let listeners = Listeners {
         public,
@@ -215,7 +223,7 @@ fn spawn_signal_handlers(
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); shutdown.cancel(); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: shutting down"); shutdown.cancel(); break; }
-                _ = hup.recv() => { tracing::info!("SIGHUP: reloading policies"); let _ = reload.try_send(()); }
+                _ = hup.recv() => { tracing::info!("SIGHUP: reloading policies and TLS certificate"); let _ = reload.try_send(()); }
             }
         }
     });

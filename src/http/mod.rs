@@ -1,5 +1,7 @@
-//! The TCP listeners: the public JWKS endpoint (`public`) and the admin
-//! endpoint with health and metrics (`admin`).
+//! The TCP listeners: the public JWKS endpoint (`public`, over TLS with
+//! `tls` when the config names a certificate) and the admin endpoint with
+//! health and metrics (`admin`).
 
 pub mod admin;
 pub mod public;
+pub mod tls;
