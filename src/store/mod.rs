@@ -31,6 +31,7 @@
 //! safety net: every [`Change`] still re-checks its precondition inside its
 //! transaction, so a replica that lost the lease mid-tick gets `Stale`.
 
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
@@ -42,6 +43,7 @@ use crate::audit::{AuditEntry, AuditRecord};
 use crate::config::StoreUrl;
 use crate::types::{Alg, KeyState, Kid, SetName};
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// The name of the one lease row used for lifecycle leadership.
@@ -225,8 +227,6 @@ pub trait Store: Send + Sync + 'static {
 pub async fn open(url: &StoreUrl) -> Result<Arc<dyn Store>, StoreError> {
     match url {
         StoreUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path).await?)),
-        StoreUrl::Postgres(_) => Err(StoreError::Backend(
-            "PostgreSQL is not supported by this build yet; use sqlite://PATH".into(),
-        )),
+        StoreUrl::Postgres(url) => Ok(Arc::new(PostgresStore::open(url).await?)),
     }
 }
