@@ -439,7 +439,13 @@ async fn apply_in(tx: &mut Tx, change: &Change) -> Result<Applied, TxError> {
             let Some(pending) = key_by_kid(tx, kid.as_str()).await? else {
                 return Err(StoreError::UnknownKid(kid.to_string()).into());
             };
-            if pending.state != KeyState::Pending || pending.set != *set || pending.alg != *alg {
+            if pending.set != *set || pending.alg != *alg {
+                return Ok(Applied::Stale(format!(
+                    "{kid} belongs to {}/{}, not {set}/{alg}",
+                    pending.set, pending.alg
+                )));
+            }
+            if pending.state != KeyState::Pending {
                 return Ok(Applied::Stale(format!(
                     "{kid} is {}, not pending",
                     pending.state

@@ -315,8 +315,13 @@ impl SqliteStore {
                 let Some(pending) = key_by_kid(tx, kid.as_str()).await? else {
                     return Err(StoreError::UnknownKid(kid.to_string()));
                 };
-                if pending.state != KeyState::Pending || pending.set != *set || pending.alg != *alg
-                {
+                if pending.set != *set || pending.alg != *alg {
+                    return Ok(Applied::Stale(format!(
+                        "{kid} belongs to {}/{}, not {set}/{alg}",
+                        pending.set, pending.alg
+                    )));
+                }
+                if pending.state != KeyState::Pending {
                     return Ok(Applied::Stale(format!(
                         "{kid} is {}, not pending",
                         pending.state
@@ -401,6 +406,9 @@ fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
             .transpose()
     };
     let pid: Option<i64> = row.try_get("pid").map_err(backend)?;
+    let pid = pid
+        .map(|p| i32::try_from(p).map_err(|_| StoreError::Corrupt("pid out of range".into())))
+        .transpose()?;
     Ok(AuditRecord {
         seq: row.try_get("seq").map_err(backend)?,
         entry: AuditEntry {
@@ -409,7 +417,7 @@ fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
             outcome: row.try_get("outcome").map_err(backend)?,
             uid: u32_opt("uid")?,
             gid: u32_opt("gid")?,
-            pid: pid.map(|p| p as i32),
+            pid,
             exe: row.try_get("exe").map_err(backend)?,
             client_id: row.try_get("client_id").map_err(backend)?,
             audience: row.try_get("audience").map_err(backend)?,
