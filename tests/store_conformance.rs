@@ -277,6 +277,11 @@ macro_rules! conformance {
                 super::changes_reach_another_handle_within_5_s(&db).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sslmode_require_urls_connect_over_tls() {
+                let Some(db) = super::Db::postgres().await else { return };
+                super::sslmode_require_urls_connect_over_tls(&db).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_unique_violation_is_stale_not_an_error() {
                 let Some(db) = super::Db::postgres().await else { return };
                 super::a_unique_violation_is_stale_not_an_error(&db).await;
@@ -428,7 +433,9 @@ async fn activation_waits_until_due_and_rechecks_state(db: &Db) {
     if let Change::Activate { alg, .. } = &mut wrong_alg {
         *alg = Alg::Es384;
     }
-    assert!(matches!(apply(&s, wrong_alg).await, Applied::Stale(_)));
+    assert!(
+        matches!(apply(&s, wrong_alg).await, Applied::Stale(why) if why.contains("belongs to"))
+    );
     assert!(matches!(
         s.apply(&activate(9, 300, false)).await,
         Err(StoreError::UnknownKid(_))
@@ -753,6 +760,32 @@ async fn changes_reach_another_handle_within_5_s(db: &Db) {
         reader.revision().await.unwrap(),
         writer.revision().await.unwrap()
     );
+}
+
+/// Managed databases are reached with `?sslmode=require`: the build must
+/// carry a TLS stack. (Checked only where the server offers TLS.)
+async fn sslmode_require_urls_connect_over_tls(db: &Db) {
+    let Db::Postgres(pg) = db else { unreachable!() };
+    let mut admin = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+    let ssl: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    if ssl != "on" {
+        eprintln!("server has ssl = {ssl}: sslmode=require not checked");
+        return;
+    }
+    let sep = if pg.url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{sep}sslmode=require", pg.url);
+    let s = PostgresStore::open(&url).await.expect("open over TLS");
+    s.ping().await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let over_tls: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert!(over_tls);
 }
 
 /// A writer that does not take the store's (set, alg) lock inserts a
