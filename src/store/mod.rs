@@ -4,7 +4,34 @@
 //! Every change is one [`Change`] applied in one transaction that re-checks
 //! its preconditions, so several replicas (or a stale plan) can race safely:
 //! the loser gets [`Applied::Stale`] and nothing changes.
+//!
+//! # The lifecycle lease
+//!
+//! Several replicas may share one PostgreSQL database (DESIGN §4); all of
+//! them serve and sign, but only the holder of the lease runs lifecycle
+//! transitions. The lease is a row `lease(name, holder, expires_at_ms)`
+//! taken or renewed by one atomic upsert
+//! `... WHERE holder = $me OR expires_at_ms < <database now>`, rather than a
+//! session-level advisory lock, because:
+//!
+//! - its expiry is bounded and explicit: a holder that is killed, frozen or
+//!   cut off loses the lease `ttl` after its last renewal, whatever the
+//!   server believes about its TCP session (a session lock survives until
+//!   the server notices the dead connection, which with default keepalives
+//!   can take hours, and a frozen-but-connected process keeps it forever);
+//! - the holder can tell that it lost it: a renewal that returns `false`
+//!   means another replica took over, whereas a session lock silently
+//!   vanishes with a reconnect of the pool connection that held it;
+//! - it needs no connection pinned for the life of the process, and works
+//!   the same on SQLite.
+//!
+//! Expiry is computed with the DATABASE clock on both sides of the
+//! comparison, so replica clock skew cannot make two replicas both believe
+//! they hold it. The lease is an efficiency and clarity measure, not the
+//! safety net: every [`Change`] still re-checks its precondition inside its
+//! transaction, so a replica that lost the lease mid-tick gets `Stale`.
 
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
@@ -16,7 +43,11 @@ use crate::audit::{AuditEntry, AuditRecord};
 use crate::config::StoreUrl;
 use crate::types::{Alg, KeyState, Kid, SetName};
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+
+/// The name of the one lease row used for lifecycle leadership.
+pub const LIFECYCLE_LEASE: &str = "lifecycle";
 
 /// A key as stored. The private half, when present, is sealed (see `seal`).
 #[derive(Clone, PartialEq, Eq)]
@@ -169,6 +200,27 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_all(&self) -> Result<Vec<AuditRecord>, StoreError>;
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Takes or renews the lifecycle lease for `holder` if it is free,
+    /// expired, or already held by `holder`; `true` when `holder` now holds
+    /// it for `ttl_secs` seconds from now. `false` means another replica
+    /// holds an unexpired lease (and, for a former holder, that it lost it).
+    ///
+    /// The expiry uses the DATABASE clock (PostgreSQL `now()`, SQLite
+    /// `julianday('now')`), not the replica's, with millisecond resolution.
+    async fn acquire_lease(&self, holder: &str, ttl_secs: u32) -> Result<bool, StoreError>;
+    /// Gives the lease up (clean shutdown) so another replica takes over at
+    /// once. Does nothing if `holder` does not hold it.
+    async fn release_lease(&self, holder: &str) -> Result<(), StoreError>;
+    /// A handle that is notified when another writer may have changed the
+    /// keys. PostgreSQL: `LISTEN jwksd_keys` on a dedicated connection that
+    /// reconnects on its own (and notifies after a reconnect, since changes
+    /// may have been missed meanwhile); SQLite: notified after this
+    /// process's own commits. Always the same `Notify`; it is signalled with
+    /// `notify_one`, so a change that lands while the (single) consumer is
+    /// busy is kept as a permit, not lost. Notifications may be spurious or,
+    /// on a broken connection, late: callers still poll
+    /// [`revision`](Store::revision) as the fallback.
+    fn changes(&self) -> Arc<tokio::sync::Notify>;
 }
 
 /// Opens the store for reading only, creating and migrating nothing.
@@ -183,8 +235,6 @@ pub async fn open_read_only(url: &StoreUrl) -> Result<Arc<dyn Store>, StoreError
 pub async fn open(url: &StoreUrl) -> Result<Arc<dyn Store>, StoreError> {
     match url {
         StoreUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path).await?)),
-        StoreUrl::Postgres(_) => Err(StoreError::Backend(
-            "PostgreSQL is not supported by this build yet; use sqlite://PATH".into(),
-        )),
+        StoreUrl::Postgres(url) => Ok(Arc::new(PostgresStore::open(url).await?)),
     }
 }

@@ -3,10 +3,16 @@
 //! Writes take the database lock up front (`BEGIN IMMEDIATE`) so that a
 //! transaction that re-checks a precondition and then writes can never be
 //! overtaken between the two.
+//!
+//! SQLite serves one process (several processes on one file are not a
+//! supported replica set), so [`Store::changes`] is signalled after this
+//! process's own commits only, and the lease, while implemented with the
+//! same semantics as on PostgreSQL, normally has a single contender.
 
 use std::borrow::Cow;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,27 +23,43 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Row, SqlSafeStr, Sqlite, Transaction};
+use tokio::sync::Notify;
 
-use super::{Applied, Change, Store, StoreError, StoredKey};
+use super::{Applied, Change, LIFECYCLE_LEASE, Store, StoreError, StoredKey};
 use crate::audit::{AuditEntry, AuditRecord, GENESIS_HASH, chain_hash};
 use crate::types::{Alg, KeyState, Kid, SetName};
 
 /// Migrations are compiled into the binary: a deployed daemon never looks
 /// for SQL files on disk.
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("keys and audit"),
-        MigrationType::Simple,
-        include_str!("../../migrations/sqlite/0001_keys_and_audit.sql").into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            Cow::Borrowed("keys and audit"),
+            MigrationType::Simple,
+            include_str!("../../migrations/sqlite/0001_keys_and_audit.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            Cow::Borrowed("lease"),
+            MigrationType::Simple,
+            include_str!("../../migrations/sqlite/0002_lease.sql").into_sql_str(),
+            false,
+        ),
+    ])
 }
+
+/// The database clock in unix milliseconds. `julianday('now')` rather than
+/// `unixepoch()`: same clock, but millisecond resolution on every SQLite
+/// version (`unixepoch('subsec')` needs 3.42).
+const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
 
 /// A SQLite-backed [`Store`].
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    changes: Arc<Notify>,
 }
 
 impl SqliteStore {
@@ -67,7 +89,10 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Migrate(e.to_string()))?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            changes: Arc::new(Notify::new()),
+        })
     }
 
     /// Opens an existing database for reading only: never creates it, never
@@ -88,7 +113,10 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(backend)?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            changes: Arc::new(Notify::new()),
+        })
     }
 
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
@@ -101,6 +129,11 @@ impl SqliteStore {
 
 fn backend(e: sqlx::Error) -> StoreError {
     StoreError::Backend(e.to_string())
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation())
 }
 
 fn ts(t: DateTime<Utc>) -> i64 {
@@ -270,7 +303,7 @@ impl SqliteStore {
                 let sql = format!(
                     "INSERT INTO keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 );
-                sqlx::query(sqlx::AssertSqlSafe(sql))
+                let inserted = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(key.kid.as_str())
                     .bind(key.set.as_str())
                     .bind(key.alg.as_str())
@@ -285,8 +318,19 @@ impl SqliteStore {
                     .bind(key.retire_at.map(ts))
                     .bind(key.emergency as i64)
                     .execute(&mut **tx)
-                    .await
-                    .map_err(backend)?;
+                    .await;
+                // A kid that already exists (kids are never reused, rule 5)
+                // is a lost race, not a database failure: same answer as on
+                // PostgreSQL.
+                match inserted {
+                    Err(e) if is_unique_violation(&e) => {
+                        return Ok(Applied::Stale(format!(
+                            "{} conflicts with an existing key",
+                            key.kid
+                        )));
+                    }
+                    other => other.map_err(backend)?,
+                };
                 let activated = (key.state == KeyState::Active).then(|| key.kid.clone());
                 Ok(done(activated, None))
             }
@@ -301,8 +345,13 @@ impl SqliteStore {
                 let Some(pending) = key_by_kid(tx, kid.as_str()).await? else {
                     return Err(StoreError::UnknownKid(kid.to_string()));
                 };
-                if pending.state != KeyState::Pending || pending.set != *set || pending.alg != *alg
-                {
+                if pending.set != *set || pending.alg != *alg {
+                    return Ok(Applied::Stale(format!(
+                        "{kid} belongs to {}/{}, not {set}/{alg}",
+                        pending.set, pending.alg
+                    )));
+                }
+                if pending.state != KeyState::Pending {
                     return Ok(Applied::Stale(format!(
                         "{kid} is {}, not pending",
                         pending.state
@@ -387,6 +436,9 @@ fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
             .transpose()
     };
     let pid: Option<i64> = row.try_get("pid").map_err(backend)?;
+    let pid = pid
+        .map(|p| i32::try_from(p).map_err(|_| StoreError::Corrupt("pid out of range".into())))
+        .transpose()?;
     Ok(AuditRecord {
         seq: row.try_get("seq").map_err(backend)?,
         entry: AuditEntry {
@@ -395,7 +447,7 @@ fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
             outcome: row.try_get("outcome").map_err(backend)?,
             uid: u32_opt("uid")?,
             gid: u32_opt("gid")?,
-            pid: pid.map(|p| p as i32),
+            pid,
             exe: row.try_get("exe").map_err(backend)?,
             client_id: row.try_get("client_id").map_err(backend)?,
             audience: row.try_get("audience").map_err(backend)?,
@@ -436,6 +488,7 @@ impl Store for SqliteStore {
         if matches!(applied, Applied::Done { .. }) {
             bump_revision(&mut tx).await?;
             tx.commit().await.map_err(backend)?;
+            self.changes.notify_one();
             if erases_private_half(change) {
                 // secure_delete clears the main file's pages; the old page
                 // images in the WAL go when it is checkpointed and truncated.
@@ -553,6 +606,38 @@ impl Store for SqliteStore {
             .map_err(backend)?;
         Ok(())
     }
+
+    async fn acquire_lease(&self, holder: &str, ttl_secs: u32) -> Result<bool, StoreError> {
+        // One statement, so the check and the write are atomic; both sides
+        // of the expiry comparison use the database clock.
+        let sql = format!(
+            "INSERT INTO lease (name, holder, expires_at_ms) VALUES (?1, ?2, {NOW_MS} + ?3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at_ms = excluded.expires_at_ms \
+             WHERE lease.holder = excluded.holder OR lease.expires_at_ms < {NOW_MS}"
+        );
+        let res = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(LIFECYCLE_LEASE)
+            .bind(holder)
+            .bind(i64::from(ttl_secs) * 1000)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    async fn release_lease(&self, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM lease WHERE name = ? AND holder = ?")
+            .bind(LIFECYCLE_LEASE)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn changes(&self) -> Arc<Notify> {
+        self.changes.clone()
+    }
 }
 
 impl SqliteStore {
@@ -573,6 +658,9 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Migrate(e.to_string()))?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            changes: Arc::new(Notify::new()),
+        })
     }
 }

@@ -1,0 +1,891 @@
+//! One conformance suite for every `Store` (STYLE habit 6): each test below
+//! is written once against `Arc<dyn Store>` and run twice, on SQLite (a temp
+//! file) and on PostgreSQL (a fresh database per test, dropped afterwards,
+//! so the tests run in parallel).
+//!
+//! PostgreSQL comes from `JWKSD_TEST_POSTGRES_URL` (a URL whose user may
+//! create databases). If it is unset or does not answer, the PostgreSQL half
+//! FAILS when `CI=true` and otherwise prints
+//! `SKIPPED postgres conformance: <why>` and passes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use jwksd::audit::{self, AuditEntry, GENESIS_HASH};
+use jwksd::store::{Applied, Change, PostgresStore, SqliteStore, Store, StoreError, StoredKey};
+use jwksd::types::{Alg, KeyState, Kid, SetName};
+use sqlx::Connection as _;
+
+// ---------------------------------------------------------------------------
+// Databases
+
+/// A fresh, empty database for one test; `open` gives another handle on it
+/// (as a second replica would have).
+enum Db {
+    Sqlite {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+    },
+    Postgres(PgTestDb),
+}
+
+impl Db {
+    fn sqlite() -> Db {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("jwksd.db");
+        Db::Sqlite { _dir: dir, path }
+    }
+
+    /// `None` (after saying why) when PostgreSQL is not available outside CI.
+    async fn postgres() -> Option<Db> {
+        match PgTestDb::create().await {
+            Ok(db) => Some(Db::Postgres(db)),
+            Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("postgres conformance cannot run with CI=true: {why}")
+            }
+            Err(why) => {
+                // Once per run, and past libtest's output capture (which
+                // would swallow an `eprintln!` of a passing test).
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    use std::io::Write as _;
+                    let _ = writeln!(std::io::stderr(), "SKIPPED postgres conformance: {why}");
+                });
+                None
+            }
+        }
+    }
+
+    async fn open(&self) -> Arc<dyn Store> {
+        match self {
+            Db::Sqlite { path, .. } => {
+                Arc::new(SqliteStore::open(path).await.expect("open sqlite"))
+            }
+            Db::Postgres(pg) => {
+                Arc::new(PostgresStore::open(&pg.url).await.expect("open postgres"))
+            }
+        }
+    }
+}
+
+/// A database `jwksd_test_<random>` created through the admin URL and
+/// dropped (with its connections) when this value is dropped, also when the
+/// test panics.
+struct PgTestDb {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl PgTestDb {
+    async fn create() -> Result<PgTestDb, String> {
+        let admin = std::env::var("JWKSD_TEST_POSTGRES_URL")
+            .map_err(|_| "JWKSD_TEST_POSTGRES_URL is not set".to_owned())?;
+        let mut conn =
+            tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&admin))
+                .await
+                .map_err(|_| {
+                    "the server at JWKSD_TEST_POSTGRES_URL did not answer within 5 s".to_owned()
+                })?
+                .map_err(|e| format!("cannot connect to JWKSD_TEST_POSTGRES_URL: {e}"))?;
+        let name = format!("jwksd_test_{:016x}", random_u64());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| format!("cannot create a test database: {e}"))?;
+        let url = with_database(&admin, &name);
+        Ok(PgTestDb { admin, name, url })
+    }
+}
+
+impl Drop for PgTestDb {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // Drop runs inside the test's runtime: do the async work on a
+        // thread of its own and wait for it.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&admin).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await
+                .map(|_| ())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}", self.name);
+        }
+    }
+}
+
+/// `url` with its database (path) replaced by `name`, query kept.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let authority_end = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    format!("{}/{name}{query}", &base[..authority_end])
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+// ---------------------------------------------------------------------------
+// Fixtures
+
+fn t(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap()
+}
+
+fn set() -> SetName {
+    SetName::new("default").unwrap()
+}
+
+fn kid(alg: Alg, version: u32) -> Kid {
+    Kid::from_stored(format!(
+        "default-{}-v{version}-abcdefgh",
+        alg.as_str().to_lowercase()
+    ))
+}
+
+/// A new key as the scheduler would insert it: published at `t(0)`.
+fn key(alg: Alg, version: u32, state: KeyState, activate_at: Option<i64>) -> StoredKey {
+    StoredKey {
+        set: set(),
+        alg,
+        kid: kid(alg, version),
+        version,
+        state,
+        public_jwk: format!(r#"{{"kid":"{}"}}"#, kid(alg, version)),
+        sealed_private: Some(vec![version as u8; 48]),
+        created_at: t(0),
+        publish_at: t(0),
+        activate_at: activate_at.map(t),
+        deactivate_at: None,
+        retire_at: None,
+        emergency: false,
+    }
+}
+
+const RS: Alg = Alg::Rs384;
+
+fn is_done(a: &Applied) -> bool {
+    matches!(a, Applied::Done { .. })
+}
+
+fn done(activated: Option<Kid>, deactivated: Option<Kid>) -> Applied {
+    Applied::Done {
+        activated,
+        deactivated,
+    }
+}
+
+async fn apply(s: &Arc<dyn Store>, c: Change) -> Applied {
+    s.apply(&c).await.expect("apply")
+}
+
+async fn get(s: &Arc<dyn Store>, k: &Kid) -> StoredKey {
+    s.keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|x| x.kid == *k)
+        .unwrap_or_else(|| panic!("{k} not in store"))
+}
+
+async fn active_count(s: &Arc<dyn Store>, alg: Alg) -> usize {
+    s.keys()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|k| k.alg == alg && k.state == KeyState::Active)
+        .count()
+}
+
+/// v1 active (since t(0)) and v2 pending, due at `due`.
+async fn active_and_pending(s: &Arc<dyn Store>, due: i64) {
+    let mut v1 = key(RS, 1, KeyState::Active, Some(0));
+    v1.emergency = true;
+    assert!(is_done(&apply(s, Change::Insert(v1)).await));
+    assert!(is_done(
+        &apply(s, Change::Insert(key(RS, 2, KeyState::Pending, Some(due)))).await
+    ));
+}
+
+fn activate(version: u32, at: i64, emergency: bool) -> Change {
+    Change::Activate {
+        set: set(),
+        alg: RS,
+        kid: kid(RS, version),
+        at: t(at),
+        retire_at: t(at + 1000),
+        emergency,
+    }
+}
+
+fn audit_entry(n: usize, task: usize) -> AuditEntry {
+    let mut e = audit::entry(t(n as i64), "sign", "ok");
+    e.client_id = Some(format!("task-{task}"));
+    e.jti = Some(format!("{task}-{n}"));
+    e.uid = Some(1000 + task as u32);
+    e.pid = Some(4242);
+    e
+}
+
+// ---------------------------------------------------------------------------
+// The suite
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = super::Db::sqlite();
+                    super::$name(&db).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = super::Db::postgres().await else { return };
+                    super::$name(&db).await;
+                }
+            )*
+            // PostgreSQL only: notifications between separate handles, and
+            // a writer that bypasses the store's locks.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn changes_reach_another_handle_within_5_s() {
+                let Some(db) = super::Db::postgres().await else { return };
+                super::changes_reach_another_handle_within_5_s(&db).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sslmode_require_urls_connect_over_tls() {
+                let Some(db) = super::Db::postgres().await else { return };
+                super::sslmode_require_urls_connect_over_tls(&db).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_unique_violation_is_stale_not_an_error() {
+                let Some(db) = super::Db::postgres().await else { return };
+                super::a_unique_violation_is_stale_not_an_error(&db).await;
+            }
+        }
+    };
+}
+
+conformance!(
+    versions_count_up_by_one_per_set_and_alg,
+    a_second_pending_or_active_key_is_stale,
+    a_reused_kid_is_stale,
+    activation_waits_until_due_and_rechecks_state,
+    emergency_activation_skips_the_due_check,
+    retire_happens_only_when_due,
+    revoking_the_active_key_activates_the_pending_one_atomically,
+    revoking_twice_is_stale,
+    revoking_unknown_kid_is_an_error,
+    reschedule_moves_only_pending_keys,
+    private_halves_are_held_only_while_pending_or_active,
+    revision_bumps_only_on_committed_changes,
+    master_key_fingerprint_is_bound_once_and_refused_after,
+    concurrent_audit_appenders_build_one_gap_free_chain,
+    audit_tail_gives_the_latest_records_oldest_first,
+    lease_is_exclusive_renewable_expires_and_hands_over,
+    changes_are_signalled_after_a_commit,
+    racing_activations_have_exactly_one_winner,
+    racing_inserts_have_exactly_one_winner,
+);
+
+async fn versions_count_up_by_one_per_set_and_alg(db: &Db) {
+    let s = db.open().await;
+    let v1 = key(RS, 1, KeyState::Active, Some(0));
+    assert_eq!(
+        apply(&s, Change::Insert(v1.clone())).await,
+        done(Some(v1.kid.clone()), None)
+    );
+    // Same version again, or a gap: refused.
+    let mut again = key(RS, 1, KeyState::Pending, Some(10));
+    again.kid = Kid::from_stored("default-rs384-v1-zzzzzzzz");
+    assert!(matches!(
+        apply(&s, Change::Insert(again)).await,
+        Applied::Stale(_)
+    ));
+    assert!(matches!(
+        apply(&s, Change::Insert(key(RS, 3, KeyState::Pending, Some(10)))).await,
+        Applied::Stale(_)
+    ));
+    // A new key cannot start retiring, retired or revoked.
+    let mut retiring = key(RS, 2, KeyState::Retiring, None);
+    retiring.sealed_private = None;
+    assert!(matches!(
+        apply(&s, Change::Insert(retiring)).await,
+        Applied::Stale(_)
+    ));
+    assert_eq!(
+        apply(&s, Change::Insert(key(RS, 2, KeyState::Pending, Some(10)))).await,
+        done(None, None)
+    );
+    // Each alg counts on its own.
+    assert!(is_done(
+        &apply(
+            &s,
+            Change::Insert(key(Alg::Es384, 1, KeyState::Active, Some(0)))
+        )
+        .await
+    ));
+    let keys = s.keys().await.unwrap();
+    let listed: Vec<(Alg, u32)> = keys.iter().map(|k| (k.alg, k.version)).collect();
+    let mut sorted = listed.clone();
+    sorted.sort_by_key(|(a, v)| (a.as_str(), *v));
+    assert_eq!(listed, sorted, "keys() is ordered by (set, alg, version)");
+    assert_eq!(keys.len(), 3);
+    // What was stored is what comes back.
+    assert_eq!(get(&s, &v1.kid).await, v1);
+}
+
+async fn a_second_pending_or_active_key_is_stale(db: &Db) {
+    let s = db.open().await;
+    active_and_pending(&s, 100).await;
+    for state in [KeyState::Pending, KeyState::Active] {
+        let applied = apply(&s, Change::Insert(key(RS, 3, state, Some(200)))).await;
+        assert!(
+            matches!(&applied, Applied::Stale(why) if why.contains("already")),
+            "{state}: {applied:?}"
+        );
+    }
+    assert_eq!(s.keys().await.unwrap().len(), 2);
+}
+
+async fn a_reused_kid_is_stale(db: &Db) {
+    let s = db.open().await;
+    active_and_pending(&s, 100).await;
+    // v3 arriving under v1's kid (kids are never reused, rule 5).
+    let mut v3 = key(RS, 3, KeyState::Pending, Some(200));
+    v3.kid = kid(RS, 1);
+    apply(
+        &s,
+        Change::Revoke {
+            kid: kid(RS, 2),
+            at: t(5),
+        },
+    )
+    .await;
+    assert!(matches!(
+        apply(&s, Change::Insert(v3)).await,
+        Applied::Stale(_)
+    ));
+}
+
+async fn activation_waits_until_due_and_rechecks_state(db: &Db) {
+    let s = db.open().await;
+    active_and_pending(&s, 100).await;
+    // Just before the due time: not yet.
+    assert!(matches!(
+        apply(&s, activate(2, 99, false)).await,
+        Applied::Stale(why) if why.contains("not due")
+    ));
+    // At the due time: v2 signs, v1 retires without its private half.
+    assert_eq!(
+        apply(&s, activate(2, 100, false)).await,
+        done(Some(kid(RS, 2)), Some(kid(RS, 1)))
+    );
+    let v1 = get(&s, &kid(RS, 1)).await;
+    assert_eq!(v1.state, KeyState::Retiring);
+    assert_eq!(v1.sealed_private, None);
+    assert_eq!(v1.deactivate_at, Some(t(100)));
+    assert_eq!(v1.retire_at, Some(t(1100)));
+    let v2 = get(&s, &kid(RS, 2)).await;
+    assert_eq!(v2.state, KeyState::Active);
+    assert_eq!(v2.activate_at, Some(t(100)));
+    assert!(!v2.emergency);
+    // Already active: a replayed plan is stale.
+    assert!(matches!(
+        apply(&s, activate(2, 101, false)).await,
+        Applied::Stale(_)
+    ));
+    // A stale kid (no longer pending) is stale too.
+    assert!(matches!(
+        apply(&s, activate(1, 101, true)).await,
+        Applied::Stale(_)
+    ));
+    // Just after the due time works as well (fresh pending v3).
+    apply(&s, Change::Insert(key(RS, 3, KeyState::Pending, Some(200)))).await;
+    assert!(is_done(&apply(&s, activate(3, 201, false)).await));
+    // A pending key named under another alg is stale.
+    apply(&s, Change::Insert(key(RS, 4, KeyState::Pending, Some(300)))).await;
+    let mut wrong_alg = activate(4, 300, false);
+    if let Change::Activate { alg, .. } = &mut wrong_alg {
+        *alg = Alg::Es384;
+    }
+    assert!(
+        matches!(apply(&s, wrong_alg).await, Applied::Stale(why) if why.contains("belongs to"))
+    );
+    assert!(matches!(
+        s.apply(&activate(9, 300, false)).await,
+        Err(StoreError::UnknownKid(_))
+    ));
+    assert_eq!(active_count(&s, RS).await, 1);
+}
+
+async fn emergency_activation_skips_the_due_check(db: &Db) {
+    let s = db.open().await;
+    active_and_pending(&s, 10_000).await;
+    assert_eq!(
+        apply(&s, activate(2, 5, true)).await,
+        done(Some(kid(RS, 2)), Some(kid(RS, 1)))
+    );
+    let v2 = get(&s, &kid(RS, 2)).await;
+    assert!(v2.emergency);
+    assert_eq!(v2.activate_at, Some(t(5)));
+}
+
+async fn retire_happens_only_when_due(db: &Db) {
+    let s = db.open().await;
+    active_and_pending(&s, 100).await;
+    apply(&s, activate(2, 100, false)).await; // v1 retiring, retire_at t(1100)
+    let retire = |at| Change::Retire {
+        kid: kid(RS, 1),
+        at: t(at),
+    };
+    assert!(matches!(apply(&s, retire(1099)).await, Applied::Stale(_)));
+    assert_eq!(apply(&s, retire(1100)).await, done(None, None));
+    assert_eq!(get(&s, &kid(RS, 1)).await.state, KeyState::Retired);
+    assert!(matches!(apply(&s, retire(1101)).await, Applied::Stale(_)));
+    // The active key and unknown kids never retire.
+    let active = Change::Retire {
+        kid: kid(RS, 2),
+        at: t(99_999),
+    };
+    assert!(matches!(apply(&s, active).await, Applied::Stale(_)));
+    let unknown = Change::Retire {
+        kid: kid(RS, 9),
+        at: t(99_999),
+    };
+    assert!(matches!(apply(&s, unknown).await, Applied::Stale(_)));
+}
+
+async fn revoking_the_active_key_activates_the_pending_one_atomically(db: &Db) {
+    let s = db.open().await;
+    active_and_pending(&s, 10_000).await;
+    let before = s.revision().await.unwrap();
+    assert_eq!(
+        apply(
+            &s,
+            Change::Revoke {
+                kid: kid(RS, 1),
+                at: t(50)
+            }
+        )
+        .await,
+        done(Some(kid(RS, 2)), Some(kid(RS, 1)))
+    );
+    // One change, one revision: both keys moved in the same transaction.
+    assert_eq!(s.revision().await.unwrap(), before + 1);
+    let v1 = get(&s, &kid(RS, 1)).await;
+    assert_eq!(v1.state, KeyState::Revoked);
+    assert_eq!(v1.sealed_private, None);
+    assert_eq!(v1.deactivate_at, Some(t(50)));
+    assert_eq!(v1.retire_at, Some(t(50)));
+    let v2 = get(&s, &kid(RS, 2)).await;
+    assert_eq!(v2.state, KeyState::Active);
+    assert!(v2.emergency);
+    assert_eq!(v2.activate_at, Some(t(50)));
+    assert!(v2.sealed_private.is_some());
+}
+
+async fn revoking_twice_is_stale(db: &Db) {
+    let s = db.open().await;
+    active_and_pending(&s, 100).await;
+    let revoke = Change::Revoke {
+        kid: kid(RS, 2),
+        at: t(10),
+    };
+    // A pending key: out of the JWKS, nothing activates.
+    assert_eq!(apply(&s, revoke.clone()).await, done(None, None));
+    assert_eq!(get(&s, &kid(RS, 2)).await.sealed_private, None);
+    assert!(matches!(
+        apply(&s, revoke).await,
+        Applied::Stale(why) if why.contains("revoked")
+    ));
+    assert_eq!(active_count(&s, RS).await, 1);
+}
+
+async fn revoking_unknown_kid_is_an_error(db: &Db) {
+    let s = db.open().await;
+    let revoke = Change::Revoke {
+        kid: kid(RS, 7),
+        at: t(10),
+    };
+    assert!(matches!(
+        s.apply(&revoke).await,
+        Err(StoreError::UnknownKid(k)) if k == kid(RS, 7).as_str()
+    ));
+}
+
+async fn reschedule_moves_only_pending_keys(db: &Db) {
+    let s = db.open().await;
+    active_and_pending(&s, 100).await;
+    let resched = |v, at| Change::Reschedule {
+        kid: kid(RS, v),
+        activate_at: t(at),
+    };
+    assert_eq!(apply(&s, resched(2, 500)).await, done(None, None));
+    assert_eq!(get(&s, &kid(RS, 2)).await.activate_at, Some(t(500)));
+    // The new time is what activation checks.
+    assert!(matches!(
+        apply(&s, activate(2, 100, false)).await,
+        Applied::Stale(_)
+    ));
+    assert!(matches!(
+        apply(&s, resched(1, 900)).await,
+        Applied::Stale(_)
+    ));
+    assert_eq!(get(&s, &kid(RS, 1)).await.activate_at, Some(t(0)));
+    assert!(matches!(
+        apply(&s, resched(9, 900)).await,
+        Applied::Stale(_)
+    ));
+}
+
+async fn private_halves_are_held_only_while_pending_or_active(db: &Db) {
+    let s = db.open().await;
+    active_and_pending(&s, 100).await;
+    apply(&s, activate(2, 100, false)).await; // v1 retiring
+    apply(&s, Change::Insert(key(RS, 3, KeyState::Pending, Some(200)))).await;
+    apply(
+        &s,
+        Change::Retire {
+            kid: kid(RS, 1),
+            at: t(1100),
+        },
+    )
+    .await; // v1 retired
+    apply(
+        &s,
+        Change::Revoke {
+            kid: kid(RS, 2),
+            at: t(150),
+        },
+    )
+    .await; // v2 revoked, v3 active
+    apply(&s, Change::Insert(key(RS, 4, KeyState::Pending, Some(300)))).await;
+    let keys = s.keys().await.unwrap();
+    let states: Vec<KeyState> = keys.iter().map(|k| k.state).collect();
+    assert_eq!(
+        states,
+        [
+            KeyState::Retired,
+            KeyState::Revoked,
+            KeyState::Active,
+            KeyState::Pending
+        ]
+    );
+    for k in keys {
+        assert_eq!(
+            k.sealed_private.is_some(),
+            k.state.holds_private(),
+            "{}: {}",
+            k.kid,
+            k.state
+        );
+    }
+}
+
+async fn revision_bumps_only_on_committed_changes(db: &Db) {
+    let s = db.open().await;
+    let r0 = s.revision().await.unwrap();
+    apply(&s, Change::Insert(key(RS, 1, KeyState::Active, Some(0)))).await;
+    assert_eq!(s.revision().await.unwrap(), r0 + 1);
+    // Stale: no bump.
+    apply(&s, Change::Insert(key(RS, 1, KeyState::Active, Some(0)))).await;
+    assert_eq!(s.revision().await.unwrap(), r0 + 1);
+    // Error: no bump.
+    assert!(s.apply(&activate(5, 0, true)).await.is_err());
+    assert_eq!(s.revision().await.unwrap(), r0 + 1);
+    // Audit and lease writes are not key changes.
+    s.append_audit(&[audit_entry(1, 0)]).await.unwrap();
+    s.acquire_lease("a", 15).await.unwrap();
+    assert_eq!(s.revision().await.unwrap(), r0 + 1);
+    apply(&s, Change::Insert(key(RS, 2, KeyState::Pending, Some(9)))).await;
+    // Another handle sees the same revision.
+    assert_eq!(db.open().await.revision().await.unwrap(), r0 + 2);
+}
+
+async fn master_key_fingerprint_is_bound_once_and_refused_after(db: &Db) {
+    let s = db.open().await;
+    s.bind_master_key("fp-one").await.unwrap();
+    s.bind_master_key("fp-one").await.unwrap();
+    let other = db.open().await;
+    other.bind_master_key("fp-one").await.unwrap();
+    match other.bind_master_key("fp-two").await {
+        Err(StoreError::WrongMasterKey { stored, given }) => {
+            assert_eq!((stored.as_str(), given.as_str()), ("fp-one", "fp-two"));
+        }
+        other => panic!("expected WrongMasterKey, got {other:?}"),
+    }
+}
+
+async fn concurrent_audit_appenders_build_one_gap_free_chain(db: &Db) {
+    const TASKS: usize = 8;
+    const PER_TASK: usize = 50;
+    let handles = [db.open().await, db.open().await];
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let s = handles[task % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..PER_TASK {
+                let out = s.append_audit(&[audit_entry(n, task)]).await.unwrap();
+                assert_eq!(out.len(), 1);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let all = handles[0].audit_all().await.unwrap();
+    assert_eq!(
+        audit::verify_chain(GENESIS_HASH, &all),
+        Ok(TASKS * PER_TASK)
+    );
+    let seqs: Vec<i64> = all.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=(TASKS * PER_TASK) as i64).collect::<Vec<_>>());
+    // Each appender's entries are in the order it appended them.
+    for task in 0..TASKS {
+        let mine: Vec<String> = all
+            .iter()
+            .filter(|r| r.entry.client_id.as_deref() == Some(&format!("task-{task}")))
+            .map(|r| r.entry.jti.clone().unwrap())
+            .collect();
+        let want: Vec<String> = (0..PER_TASK).map(|n| format!("{task}-{n}")).collect();
+        assert_eq!(mine, want);
+    }
+}
+
+async fn audit_tail_gives_the_latest_records_oldest_first(db: &Db) {
+    let s = db.open().await;
+    assert!(s.audit_tail(5).await.unwrap().is_empty());
+    let entries: Vec<AuditEntry> = (0..10).map(|n| audit_entry(n, 0)).collect();
+    let written = s.append_audit(&entries).await.unwrap();
+    assert_eq!(
+        written.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert!(s.append_audit(&[]).await.unwrap().is_empty());
+    let tail = s.audit_tail(3).await.unwrap();
+    assert_eq!(tail.iter().map(|r| r.seq).collect::<Vec<_>>(), [8, 9, 10]);
+    assert_eq!(tail, written[7..]);
+    assert!(s.audit_tail(0).await.unwrap().is_empty());
+    assert_eq!(s.audit_tail(100).await.unwrap(), written);
+    // A batch continues the chain written before it.
+    let more = s.append_audit(&[audit_entry(10, 1)]).await.unwrap();
+    assert_eq!(more[0].prev_hash, written[9].hash);
+    assert_eq!(
+        audit::verify_chain(GENESIS_HASH, &s.audit_all().await.unwrap()),
+        Ok(11)
+    );
+}
+
+async fn lease_is_exclusive_renewable_expires_and_hands_over(db: &Db) {
+    let (a, b) = (db.open().await, db.open().await);
+    assert!(
+        a.acquire_lease("replica-a", 1).await.unwrap(),
+        "A takes the free lease"
+    );
+    assert!(
+        !b.acquire_lease("replica-b", 30).await.unwrap(),
+        "B cannot while A holds it"
+    );
+    assert!(a.acquire_lease("replica-a", 1).await.unwrap(), "A renews");
+    // Releasing a lease one does not hold changes nothing.
+    b.release_lease("replica-b").await.unwrap();
+    assert!(!b.acquire_lease("replica-b", 30).await.unwrap());
+    // The one wait of the suite: A stops renewing; by the database clock its
+    // lease expires and B takes over.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(
+        b.acquire_lease("replica-b", 30).await.unwrap(),
+        "B takes the expired lease"
+    );
+    assert!(
+        !a.acquire_lease("replica-a", 1).await.unwrap(),
+        "A learns it lost the lease"
+    );
+    // A clean shutdown hands over at once.
+    b.release_lease("replica-b").await.unwrap();
+    assert!(
+        a.acquire_lease("replica-a", 15).await.unwrap(),
+        "A takes the released lease"
+    );
+    assert!(!b.acquire_lease("replica-b", 15).await.unwrap());
+}
+
+async fn changes_are_signalled_after_a_commit(db: &Db) {
+    let s = db.open().await;
+    let changes = s.changes();
+    assert!(Arc::ptr_eq(&changes, &s.changes()), "one Notify per store");
+    apply(&s, Change::Insert(key(RS, 1, KeyState::Active, Some(0)))).await;
+    tokio::time::timeout(Duration::from_secs(5), changes.notified())
+        .await
+        .expect("notified within 5 s of the commit");
+}
+
+async fn changes_reach_another_handle_within_5_s(db: &Db) {
+    let (writer, reader) = (db.open().await, db.open().await);
+    let changes = reader.changes();
+    apply(
+        &writer,
+        Change::Insert(key(RS, 1, KeyState::Active, Some(0))),
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(5), changes.notified())
+        .await
+        .expect("the other handle is notified within 5 s of the commit");
+    assert_eq!(
+        reader.revision().await.unwrap(),
+        writer.revision().await.unwrap()
+    );
+}
+
+/// Managed databases are reached with `?sslmode=require`: the build must
+/// carry a TLS stack. (Checked only where the server offers TLS.)
+async fn sslmode_require_urls_connect_over_tls(db: &Db) {
+    let Db::Postgres(pg) = db else { unreachable!() };
+    let mut admin = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+    let ssl: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    if ssl != "on" {
+        eprintln!("server has ssl = {ssl}: sslmode=require not checked");
+        return;
+    }
+    let sep = if pg.url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{sep}sslmode=require", pg.url);
+    let s = PostgresStore::open(&url).await.expect("open over TLS");
+    s.ping().await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let over_tls: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert!(over_tls);
+}
+
+/// A writer that does not take the store's (set, alg) lock inserts a
+/// conflicting key and commits while the store's insert waits on the unique
+/// index: the store must answer Stale.
+async fn a_unique_violation_is_stale_not_an_error(db: &Db) {
+    let Db::Postgres(pg) = db else { unreachable!() };
+    let s = db.open().await;
+    apply(&s, Change::Insert(key(RS, 1, KeyState::Active, Some(0)))).await;
+    let mut rogue = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut rogue).await.unwrap();
+    sqlx::query(
+        "INSERT INTO keys (kid, set_name, alg, version, state, public_jwk, sealed_private, created_at, publish_at) \
+         VALUES ('default-rs384-v2-rogue000', 'default', 'RS384', 2, 'pending', '{}', '\\x00', 0, 0)",
+    )
+    .execute(&mut rogue)
+    .await
+    .unwrap();
+    let store = s.clone();
+    let racing = tokio::spawn(async move {
+        store
+            .apply(&Change::Insert(key(RS, 2, KeyState::Pending, Some(10))))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("COMMIT").execute(&mut rogue).await.unwrap();
+    let applied = racing.await.unwrap().expect("a lost race is not an error");
+    assert!(matches!(applied, Applied::Stale(_)), "{applied:?}");
+}
+
+async fn racing_activations_have_exactly_one_winner(db: &Db) {
+    let (a, b) = (db.open().await, db.open().await);
+    apply(&a, Change::Insert(key(RS, 1, KeyState::Active, Some(0)))).await;
+    for round in 0..20u32 {
+        let v = round + 2;
+        apply(&a, Change::Insert(key(RS, v, KeyState::Pending, Some(0)))).await;
+        let change = activate(v, i64::from(round) + 1, false);
+        let (ca, cb) = (change.clone(), change);
+        let (sa, sb) = (a.clone(), b.clone());
+        let ta = tokio::spawn(async move { sa.apply(&ca).await });
+        let tb = tokio::spawn(async move { sb.apply(&cb).await });
+        let results = [ta.await.unwrap().unwrap(), tb.await.unwrap().unwrap()];
+        let winners = results.iter().filter(|r| is_done(r)).count();
+        assert_eq!(winners, 1, "round {round}: {results:?}");
+        assert_eq!(active_count(&a, RS).await, 1, "round {round}");
+        assert_eq!(get(&b, &kid(RS, v)).await.state, KeyState::Active);
+    }
+}
+
+async fn racing_inserts_have_exactly_one_winner(db: &Db) {
+    let (a, b) = (db.open().await, db.open().await);
+    apply(&a, Change::Insert(key(RS, 1, KeyState::Active, Some(0)))).await;
+    for round in 0..10u32 {
+        let v = round + 2;
+        // Two replicas generated different keys for the same slot.
+        let ka = key(RS, v, KeyState::Pending, Some(0));
+        let mut kb = ka.clone();
+        kb.kid = Kid::from_stored(format!("default-rs384-v{v}-bbbbbbbb"));
+        let (sa, sb) = (a.clone(), b.clone());
+        let ta = tokio::spawn(async move { sa.apply(&Change::Insert(ka)).await });
+        let tb = tokio::spawn(async move { sb.apply(&Change::Insert(kb)).await });
+        let results = [ta.await.unwrap().unwrap(), tb.await.unwrap().unwrap()];
+        assert_eq!(
+            results.iter().filter(|r| is_done(r)).count(),
+            1,
+            "round {round}: {results:?}"
+        );
+        // Activate the winner so the next round has a free pending slot.
+        let winner = a
+            .keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|k| k.state == KeyState::Pending)
+            .unwrap();
+        let promote = Change::Activate {
+            set: set(),
+            alg: RS,
+            kid: winner.kid,
+            at: t(1),
+            retire_at: t(2),
+            emergency: true,
+        };
+        assert!(is_done(&apply(&a, promote).await));
+    }
+    assert_eq!(a.keys().await.unwrap().len(), 11);
+}
+
+#[test]
+fn test_database_urls_keep_their_parameters() {
+    assert_eq!(
+        with_database("postgres://postgres@127.0.0.1:5432/test", "x"),
+        "postgres://postgres@127.0.0.1:5432/x"
+    );
+    assert_eq!(
+        with_database("postgres://u:p@h/test?sslmode=require", "x"),
+        "postgres://u:p@h/x?sslmode=require"
+    );
+    assert_eq!(
+        with_database("postgres://h:5432", "x"),
+        "postgres://h:5432/x"
+    );
+}
