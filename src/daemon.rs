@@ -25,6 +25,9 @@ use crate::types::SetName;
 /// How often the lifecycle looks at the stored timestamps (DESIGN rule 6:
 /// a short tick, never a long sleep).
 pub const TICK: Duration = Duration::from_secs(2);
+/// How long the lifecycle lease lasts without renewal (DESIGN §4: at most
+/// 15 s); renewed every TICK.
+const LEASE_TTL_S: u32 = 15;
 /// Longest wait between retries of a failing tick.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -130,7 +133,6 @@ pub async fn run(
     // Existing keys are served at once; a first start serves 503 until the
     // first tick has generated them.
     shared.refresh().await?;
-    shared.metrics.leader.set(1);
     shared.metrics.prime(&shared.scheduler.policies());
 
     let tracker = TaskTracker::new();
@@ -161,32 +163,62 @@ pub async fn run(
     });
 
     crate::hygiene::notify_ready();
+    let holder = lease_holder_id();
+    let changes = shared.store.changes();
+    let mut leader = false;
     let mut backoff = TICK;
+    let mut next_tick = tokio::time::Instant::now();
     loop {
         if let Some(certs) = &parts.tls {
             certs.check_for_change();
         }
-        match shared.scheduler.tick().await {
-            Ok(events) => {
-                backoff = TICK;
-                let stale = match shared.store.revision().await {
-                    Ok(rev) => rev != shared.keyring.snapshot().revision,
-                    Err(_) => true,
-                };
-                if (!events.is_empty() || stale)
-                    && let Err(e) = shared.refresh().await
-                {
+        // One replica at a time runs transitions; the lease is renewed every
+        // pass so a killed holder is replaced within LEASE_TTL + TICK.
+        let held = match shared.store.acquire_lease(&holder, LEASE_TTL_S).await {
+            Ok(held) => held,
+            Err(e) => {
+                shared.metrics.store_errors.inc();
+                tracing::warn!(error = %e, "cannot renew the lifecycle lease; transitions wait for the store");
+                false
+            }
+        };
+        if held != leader {
+            if held {
+                tracing::info!(%holder, "took the lifecycle lease: this replica runs key transitions");
+            } else {
+                tracing::warn!(%holder, "lost the lifecycle lease: another replica runs key transitions");
+            }
+            leader = held;
+            shared.metrics.leader.set(i64::from(held));
+        }
+        if leader && tokio::time::Instant::now() >= next_tick {
+            match shared.scheduler.tick().await {
+                Ok(_) => backoff = TICK,
+                Err(e) => {
+                    shared.metrics.transition_failures.inc();
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    tracing::error!(error = %e, retry_in_s = backoff.as_secs(), "lifecycle tick failed");
+                }
+            }
+            next_tick = tokio::time::Instant::now() + backoff;
+        }
+        // Every replica follows the store: its own transitions, another
+        // replica's, or an admin call answered elsewhere.
+        match shared.store.revision().await {
+            Ok(rev) if rev != shared.keyring.snapshot().revision => {
+                if let Err(e) = shared.refresh().await {
                     tracing::error!(error = %e, "could not refresh served keys; serving the previous ones");
                 }
             }
+            Ok(_) => {}
             Err(e) => {
-                shared.metrics.transition_failures.inc();
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                tracing::error!(error = %e, retry_in_s = backoff.as_secs(), "lifecycle tick failed");
+                shared.metrics.store_errors.inc();
+                tracing::debug!(error = %e, "store does not answer; serving the keys in memory");
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(TICK) => {}
+            _ = changes.notified() => {}
             Some(()) = reload.recv() => {
                 reload_policies(&shared, &parts.policies_dir, &policies).await;
                 if let Some(certs) = &parts.tls {
@@ -197,6 +229,12 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
         }
     }
+    if leader {
+        // Hand over at once instead of after the lease expires.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), shared.store.release_lease(&holder)).await;
+        shared.metrics.leader.set(0);
+    }
     crate::hygiene::notify_stopping();
     tracker.close();
     tracker.wait().await;
@@ -205,6 +243,19 @@ pub async fn run(
     let _ = std::fs::remove_file(&listeners.socket_path);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Who holds the lease, as shown in logs: host, pid and a random part so a
+/// restarted process never inherits its predecessor's lease.
+fn lease_holder_id() -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown-host".into());
+    let mut r = [0u8; 4];
+    let _ = crate::keys::fill_random(&mut r);
+    let r: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{host}:{}:{r}", std::process::id())
 }
 
 async fn serve_tcp(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
