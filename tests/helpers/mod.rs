@@ -304,39 +304,61 @@ pub fn read_log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
 }
 
-/// The config, a fresh master key (0600) and the policy.
+/// The config, a fresh master key (0600) and the policy, on SQLite.
 pub fn write_files(dir: &Path, policy: &str) {
+    let mut key = [0u8; 32];
+    getrandom_fill(&mut key);
+    let key = base64::engine::general_purpose::STANDARD.encode(key);
+    write_files_with(dir, policy, "sqlite://jwksd.db", &key);
+}
+
+/// The config (with `store_url`), the given master key (0600) and the policy.
+pub fn write_files_with(dir: &Path, policy: &str, store_url: &str, master_key_b64: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir.join("policies")).unwrap();
     std::fs::write(
         dir.join("jwksd.toml"),
-        r#"[server]
+        format!(
+            r#"[server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 public_url = "http://127.0.0.1:8080/"
 socket = "jwksd.sock"
 
 [store]
-url = "sqlite://jwksd.db"
+url = "{store_url}"
+audit_spool = "audit-spool.jsonl"
 
 [seal]
 master_key_file = "master.key"
 
 [policies]
 dir = "policies"
-"#,
+"#
+        ),
     )
     .unwrap();
-    let mut key = [0u8; 32];
-    getrandom_fill(&mut key);
     let key_path = dir.join("master.key");
-    std::fs::write(
-        &key_path,
-        base64::engine::general_purpose::STANDARD.encode(key) + "\n",
-    )
-    .unwrap();
+    std::fs::write(&key_path, format!("{master_key_b64}\n")).unwrap();
     std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(dir.join("policies/default.toml"), policy).unwrap();
+}
+
+/// `n` daemons sharing one store and one master key, each in its own
+/// directory under the returned temporary directory.
+pub fn cluster(n: usize, policy: &str, store_url: &str) -> (tempfile::TempDir, Vec<Daemon>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut key = [0u8; 32];
+    getrandom_fill(&mut key);
+    let key = base64::engine::general_purpose::STANDARD.encode(key);
+    let daemons = (0..n)
+        .map(|i| {
+            let dir = tmp.path().join(format!("replica{i}"));
+            write_files_with(&dir, policy, store_url, &key);
+            Daemon::start_in(&dir)
+        })
+        .collect();
+    (tmp, daemons)
 }
 
 fn getrandom_fill(buf: &mut [u8]) {
