@@ -112,6 +112,24 @@ pub fn verify_chain(before: &str, records: &[AuditRecord]) -> Result<usize, Chai
     Ok(records.len())
 }
 
+/// Checks a whole stored chain: it starts right after `anchor` (the last
+/// record removed by retention pruning) or at record 1 with the genesis hash.
+pub fn verify_stored(
+    anchor: Option<(i64, String)>,
+    records: &[AuditRecord],
+) -> Result<usize, ChainError> {
+    let (seq, hash) = anchor.unwrap_or((0, GENESIS_HASH.to_owned()));
+    if let Some(first) = records.first()
+        && first.seq != seq + 1
+    {
+        return Err(ChainError::Gap {
+            seq: first.seq,
+            prev_seq: seq,
+        });
+    }
+    verify_chain(&hash, records)
+}
+
 /// Helper for building entries stamped with a time.
 pub fn entry(at: DateTime<Utc>, action: &str, outcome: &str) -> AuditEntry {
     AuditEntry {

@@ -58,6 +58,9 @@ pub enum Command {
     /// Read and verify the audit trail (through the daemon's socket).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Master key operations (with the daemon stopped).
+    #[command(subcommand)]
+    Seal(SealCommand),
     /// Run the lifecycle of a policy on a simulated clock and print the timeline.
     Simulate(SimulateArgs),
 }
@@ -107,6 +110,13 @@ pub struct SignArgs {
 pub enum PolicyCommand {
     /// Validate policy files (default: every file of the config's policies dir).
     Check { files: Vec<PathBuf> },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SealCommand {
+    /// Re-seal every private key under a new master key and replace the
+    /// master key file; the old key opens nothing afterwards.
+    RotateMaster,
 }
 
 #[derive(Debug, Subcommand)]

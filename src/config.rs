@@ -88,6 +88,10 @@ pub struct Config {
     /// not answer. Default: `audit-spool.jsonl` next to the SQLite file, or
     /// `/var/lib/jwksd/audit-spool.jsonl` with PostgreSQL.
     pub audit_spool: PathBuf,
+    /// `[store] audit_retention`: audit records older than this are pruned
+    /// (hourly, by the lease holder), keeping the chain verifiable from an
+    /// anchor. `None` (the default): keep everything.
+    pub audit_retention: Option<crate::types::Span>,
     /// `[seal] master_key_file`; `None` means the key comes from the
     /// `JWKSD_MASTER_KEY` environment variable.
     pub master_key_file: Option<PathBuf>,
@@ -213,6 +217,7 @@ struct RawServer {
 struct RawStore {
     url: Option<String>,
     audit_spool: Option<String>,
+    audit_retention: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -378,6 +383,13 @@ impl Config {
         };
 
         let store = parse_store(&c, raw.store.url.as_deref().unwrap_or(DEFAULT_STORE_URL))?;
+        let audit_retention =
+            match raw.store.audit_retention.as_deref() {
+                None => None,
+                Some(text) => Some(crate::types::Span::parse(text).map_err(|e| {
+                    c.err("store.audit_retention", format!("{text:?}"), e.to_string())
+                })?),
+            };
         let audit_spool = match raw.store.audit_spool.as_deref() {
             Some(p) => c.path("store.audit_spool", p)?,
             // Next to the SQLite file; for PostgreSQL in the state directory.
@@ -409,6 +421,7 @@ impl Config {
             },
             store,
             audit_spool,
+            audit_retention,
             master_key_file,
             policies_dir,
         })

@@ -28,6 +28,8 @@ pub const TICK: Duration = Duration::from_secs(2);
 /// How long the lifecycle lease lasts without renewal (DESIGN §4: at most
 /// 15 s); renewed every TICK.
 const LEASE_TTL_S: u32 = 15;
+/// How often the lease holder applies the audit retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Longest wait between retries of a failing tick.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -84,6 +86,8 @@ pub struct Parts {
     pub public_url: String,
     /// Where audit records wait while the store is down.
     pub audit_spool: Option<PathBuf>,
+    /// Audit records older than this are pruned by the lease holder.
+    pub audit_retention: Option<crate::types::Span>,
     /// When set, the public listener speaks TLS with this certificate,
     /// re-read when its files change (checked every tick) and on SIGHUP.
     pub tls: Option<Arc<crate::http::tls::CertStore>>,
@@ -168,6 +172,7 @@ pub async fn run(
     let mut leader = false;
     let mut backoff = TICK;
     let mut next_tick = tokio::time::Instant::now();
+    let mut next_prune = tokio::time::Instant::now();
     loop {
         if let Some(certs) = &parts.tls {
             certs.check_for_change();
@@ -201,6 +206,13 @@ pub async fn run(
                 }
             }
             next_tick = tokio::time::Instant::now() + backoff;
+        }
+        if leader
+            && let Some(keep) = parts.audit_retention
+            && tokio::time::Instant::now() >= next_prune
+        {
+            next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
+            prune_audit(&shared, keep).await;
         }
         // Every replica follows the store: its own transitions, another
         // replica's, or an admin call answered elsewhere.
@@ -243,6 +255,28 @@ pub async fn run(
     let _ = std::fs::remove_file(&listeners.socket_path);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Deletes audit records older than `keep`; the chain stays verifiable from
+/// the anchor the store keeps, and the pruning itself is audited.
+async fn prune_audit(shared: &Shared, keep: crate::types::Span) {
+    let now = shared.scheduler.clock().now();
+    let before = now.timestamp() - keep.as_secs() as i64;
+    match shared.store.prune_audit(before).await {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(records = n, retention = %keep, "audit records past retention pruned");
+            let mut entry = crate::audit::entry(now, "prune", "ok");
+            entry.detail = Some(format!("{n} records older than {keep} pruned"));
+            if let Err(e) = shared.auditor.record(entry).await {
+                tracing::error!(error = %e, "pruning not audited");
+            }
+        }
+        Err(e) => {
+            shared.metrics.store_errors.inc();
+            tracing::warn!(error = %e, "audit pruning failed; retried in an hour");
+        }
+    }
 }
 
 /// Who holds the lease, as shown in logs: host, pid and a random part so a

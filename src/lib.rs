@@ -24,6 +24,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod metrics;
 pub mod policy;
+pub mod reseal;
 pub mod scheduler;
 pub mod seal;
 pub mod secret;

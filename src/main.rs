@@ -11,7 +11,7 @@ use hyper::Method;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use jwksd::cli::{AuditCommand, Cli, Command, KeysCommand, LogFormat, PolicyCommand};
+use jwksd::cli::{AuditCommand, Cli, Command, KeysCommand, LogFormat, PolicyCommand, SealCommand};
 use jwksd::config::{Config, default_config_path};
 use jwksd::daemon::{Listeners, Parts};
 use jwksd::policy::Policies;
@@ -109,6 +109,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(PolicyCommand::Check { files }) => policy_check(&cli, files),
         Command::Audit(cmd) => audit(&cli, cmd).await,
         Command::Simulate(args) => jwksd::simulate::cli(args).await,
+        Command::Seal(SealCommand::RotateMaster) => {
+            let config = load_config(&cli)?;
+            let socket = cli
+                .socket
+                .clone()
+                .unwrap_or_else(|| config.server.socket.clone());
+            let report = jwksd::reseal::rotate_master(&config, &socket).await?;
+            if report.completed_interrupted {
+                println!(
+                    "finished an interrupted rotation: master key {} -> {}",
+                    report.old_fingerprint, report.new_fingerprint
+                );
+            } else {
+                println!(
+                    "re-sealed {} private keys: master key {} -> {}; the old key opens nothing now",
+                    report.resealed, report.old_fingerprint, report.new_fingerprint
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -199,6 +219,7 @@ async fn serve(cli: &Cli, allow_root: bool) -> anyhow::Result<ExitCode> {
         keygen: Arc::new(jwksd::scheduler::AwsLcKeys),
         public_url,
         audit_spool: Some(config.audit_spool.clone()),
+        audit_retention: config.audit_retention,
         tls,
     };
     let listeners = Listeners {

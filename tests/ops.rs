@@ -3,6 +3,8 @@
 
 mod helpers;
 
+use std::os::unix::fs::PermissionsExt;
+
 use helpers::*;
 use hyper::{Method, StatusCode};
 use serde_json::json;
@@ -276,4 +278,152 @@ async fn audit_verify_passes_on_a_real_run_and_catches_edited_deleted_and_swappe
     tamper(&d, "DELETE FROM audit WHERE seq = 2").await;
     let (ok, text) = audit_verify(&d);
     assert!(!ok && text.contains("missing"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_key_rotation_leaves_every_key_usable_and_the_old_key_useless() {
+    let mut d = Daemon::start(&policy(""));
+    let _tmp = d.keep_dir();
+    d.ready().await;
+    d.settled().await;
+    let (_, keys_before) = d.socket_json(Method::GET, "/v1/keys", None).await;
+    let (_, _, jwks_before) = d.jwks().await;
+    assert!(d.stop());
+    let dir = d.dir.clone();
+    let old_key_text = std::fs::read_to_string(dir.join("master.key")).unwrap();
+
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(dir.join("jwksd.toml"))
+        .args(["seal", "rotate-master"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("re-sealed 4 private keys"), "{report}");
+    let new_key_text = std::fs::read_to_string(dir.join("master.key")).unwrap();
+    assert_ne!(old_key_text, new_key_text);
+    assert!(!dir.join("master.key.new").exists());
+    let mode = std::fs::metadata(dir.join("master.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // The old key opens none of the sealed blobs; the new one opens all.
+    let old = jwksd::seal::MasterKey::from_base64(&old_key_text).unwrap();
+    let new = jwksd::seal::MasterKey::from_base64(&new_key_text).unwrap();
+    let url = format!("sqlite://{}?mode=ro", dir.join("jwksd.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let rows: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT kid, sealed_private FROM keys WHERE sealed_private IS NOT NULL")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    assert_eq!(rows.len(), 4);
+    for (kid, blob) in &rows {
+        let kid = jwksd::types::Kid::from_stored(kid.clone());
+        assert!(
+            old.open(&kid, blob).is_err(),
+            "{kid}: the old master key still opens it"
+        );
+        assert!(
+            new.open(&kid, blob).is_ok(),
+            "{kid}: the new master key does not open it"
+        );
+    }
+
+    // Same keys, same JWKS, signing works on the new key.
+    let d2 = Daemon::start_in(&dir);
+    d2.ready().await;
+    let (_, keys_after) = d2.socket_json(Method::GET, "/v1/keys", None).await;
+    assert_eq!(keys_before, keys_after);
+    let (_, _, jwks_after) = d2.jwks().await;
+    assert_eq!(jwks_before, jwks_after);
+    for alg in ["RS384", "ES384"] {
+        let jwt = d2.assertion(alg).await["assertion"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(verify_with_jwks(
+            &jwt,
+            &serde_json::from_slice(&jwks_after).unwrap()
+        ));
+    }
+    drop(d2);
+
+    // The old key file is refused by the store.
+    std::fs::write(dir.join("master.key"), &old_key_text).unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(dir.join("jwksd.toml"))
+        .args(["serve"])
+        .args(allow_root())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another master key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_master_refuses_while_the_daemon_runs() {
+    let d = Daemon::start(&policy(""));
+    d.ready().await;
+    let out = d.cli(&["seal", "rotate-master"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop it first"));
+    d.assertion("ES384").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_retention_prunes_old_records_and_the_chain_still_verifies() {
+    let mut d = Daemon::start(&policy(""));
+    let _tmp = d.keep_dir();
+    d.ready().await;
+    d.settled().await;
+    for _ in 0..5 {
+        d.assertion("ES384").await;
+    }
+    assert!(d.stop());
+    let dir = d.dir.clone();
+    let config = std::fs::read_to_string(dir.join("jwksd.toml")).unwrap();
+    std::fs::write(
+        dir.join("jwksd.toml"),
+        config.replace("[store]\n", "[store]\naudit_retention = \"1s\"\n"),
+    )
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let d2 = Daemon::start_in(&dir);
+    d2.ready().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, tail) = d2
+            .socket_json(Method::GET, "/v1/audit?limit=50", None)
+            .await;
+        if tail
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "prune")
+        {
+            let first = tail.as_array().unwrap()[0]["seq"].as_i64().unwrap();
+            assert!(first > 5, "old records still there: first seq {first}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no pruning: {tail}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (status, verify) = d2.socket_json(Method::GET, "/v1/audit/verify", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(verify["ok"], true, "{verify}");
 }

@@ -226,7 +226,129 @@ conformance!(
     changes_are_signalled_after_a_commit,
     racing_activations_have_exactly_one_winner,
     racing_inserts_have_exactly_one_winner,
+    reseal_replaces_every_private_half_and_the_fingerprint_at_once,
+    reseal_changes_nothing_when_the_store_moved,
+    pruning_keeps_the_newest_record_and_an_anchor_the_chain_verifies_from,
 );
+
+async fn reseal_replaces_every_private_half_and_the_fingerprint_at_once(db: &Db) {
+    let s = db.open().await;
+    s.bind_master_key("old-fp").await.unwrap();
+    let active = key(RS, 1, KeyState::Active, Some(0));
+    let pending = key(RS, 2, KeyState::Pending, Some(100));
+    apply(&s, Change::Insert(active.clone())).await;
+    apply(&s, Change::Insert(pending.clone())).await;
+    let blobs = vec![
+        (
+            active.kid.clone(),
+            active.sealed_private.clone().unwrap(),
+            vec![0xAA; 60],
+        ),
+        (
+            pending.kid.clone(),
+            pending.sealed_private.clone().unwrap(),
+            vec![0xBB; 60],
+        ),
+    ];
+    s.reseal("old-fp", "new-fp", &blobs).await.unwrap();
+    assert_eq!(
+        get(&s, &active.kid).await.sealed_private,
+        Some(vec![0xAA; 60])
+    );
+    assert_eq!(
+        get(&s, &pending.kid).await.sealed_private,
+        Some(vec![0xBB; 60])
+    );
+    assert!(
+        s.bind_master_key("old-fp").await.is_err(),
+        "old fingerprint still accepted"
+    );
+    s.bind_master_key("new-fp").await.unwrap();
+}
+
+async fn reseal_changes_nothing_when_the_store_moved(db: &Db) {
+    let s = db.open().await;
+    s.bind_master_key("old-fp").await.unwrap();
+    let active = key(RS, 1, KeyState::Active, Some(0));
+    let pending = key(RS, 2, KeyState::Pending, Some(100));
+    apply(&s, Change::Insert(active.clone())).await;
+    apply(&s, Change::Insert(pending.clone())).await;
+    // One blob read before it changed: the whole re-seal is refused.
+    let stale = vec![
+        (active.kid.clone(), vec![0x00; 48], vec![0xAA; 60]),
+        (
+            pending.kid.clone(),
+            pending.sealed_private.clone().unwrap(),
+            vec![0xBB; 60],
+        ),
+    ];
+    assert!(matches!(
+        s.reseal("old-fp", "new-fp", &stale).await,
+        Err(StoreError::ResealConflict(_))
+    ));
+    assert_eq!(
+        get(&s, &pending.kid).await.sealed_private,
+        pending.sealed_private
+    );
+    // A key missing from the list (generated meanwhile): refused too.
+    let partial = vec![(
+        active.kid.clone(),
+        active.sealed_private.clone().unwrap(),
+        vec![0xAA; 60],
+    )];
+    assert!(s.reseal("old-fp", "new-fp", &partial).await.is_err());
+    // The wrong old fingerprint: refused.
+    let all = vec![
+        (
+            active.kid.clone(),
+            active.sealed_private.clone().unwrap(),
+            vec![0xAA; 60],
+        ),
+        (
+            pending.kid.clone(),
+            pending.sealed_private.clone().unwrap(),
+            vec![0xBB; 60],
+        ),
+    ];
+    assert!(s.reseal("other-fp", "new-fp", &all).await.is_err());
+    assert_eq!(
+        get(&s, &active.kid).await.sealed_private,
+        active.sealed_private
+    );
+    s.bind_master_key("old-fp").await.unwrap();
+}
+
+async fn pruning_keeps_the_newest_record_and_an_anchor_the_chain_verifies_from(db: &Db) {
+    let s = db.open().await;
+    let entries: Vec<AuditEntry> = (0..10)
+        .map(|n| {
+            let mut e = audit_entry(n, 0);
+            e.at = 1_000 + n as i64;
+            e
+        })
+        .collect();
+    s.append_audit(&entries).await.unwrap();
+    assert_eq!(s.audit_anchor().await.unwrap(), None);
+    // Records at 1000..=1004 are older than 1005.
+    assert_eq!(s.prune_audit(1_005).await.unwrap(), 5);
+    let rest = s.audit_all().await.unwrap();
+    assert_eq!(rest.first().unwrap().seq, 6);
+    let anchor = s.audit_anchor().await.unwrap().unwrap();
+    assert_eq!(anchor.0, 5);
+    assert_eq!(audit::verify_stored(Some(anchor.clone()), &rest), Ok(5));
+    assert!(
+        audit::verify_stored(None, &rest).is_err(),
+        "a pruned chain does not start at genesis"
+    );
+    // Everything is old: the newest record stays, the chain goes on.
+    assert_eq!(s.prune_audit(10_000).await.unwrap(), 4);
+    let rest = s.audit_all().await.unwrap();
+    assert_eq!(rest.len(), 1);
+    s.append_audit(&[audit_entry(99, 0)]).await.unwrap();
+    let rest = s.audit_all().await.unwrap();
+    let anchor = s.audit_anchor().await.unwrap();
+    assert_eq!(audit::verify_stored(anchor, &rest), Ok(2));
+}
 
 async fn versions_count_up_by_one_per_set_and_alg(db: &Db) {
     let s = db.open().await;

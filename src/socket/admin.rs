@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::assertions::read_json;
 use super::{ApiError, Peer};
-use crate::audit::{AuditEntry, AuditRecord, GENESIS_HASH, verify_chain};
+use crate::audit::{AuditEntry, AuditRecord, verify_stored};
 use crate::daemon::Shared;
 use crate::scheduler::{LifecycleError, RevokeOutcome, RotateOutcome};
 use crate::types::{Alg, Kid, SetName};
@@ -199,7 +199,12 @@ pub(super) async fn audit_verify(
     let allowed = require_any_admin(&shared, &peer);
     audited(&shared, entry, allowed).await?;
     let records = shared.store.audit_all().await.map_err(ApiError::internal)?;
-    let mut answer = match verify_chain(GENESIS_HASH, &records) {
+    let anchor = shared
+        .store
+        .audit_anchor()
+        .await
+        .map_err(ApiError::internal)?;
+    let mut answer = match verify_stored(anchor, &records) {
         Ok(n) => VerifyAnswer {
             ok: true,
             records: n,

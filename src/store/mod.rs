@@ -172,6 +172,9 @@ pub enum StoreError {
     /// A row could not be read back into a domain value.
     #[error("store holds an unreadable row: {0}")]
     Corrupt(String),
+    /// A re-seal found the store changed under it (a running daemon?).
+    #[error("re-seal refused: {0}")]
+    ResealConflict(String),
     /// The store was sealed under another master key.
     #[error(
         "the store was sealed with another master key (fingerprint {stored}, this key {given}): start with the master key that sealed it"
@@ -200,6 +203,24 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_all(&self) -> Result<Vec<AuditRecord>, StoreError>;
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Replaces sealed private halves in one transaction: each
+    /// `(kid, old, new)` is written only if the row still holds `old`, and
+    /// the master key fingerprint moves from `old_fp` to `new_fp`. Any
+    /// mismatch changes nothing and is an error.
+    async fn reseal(
+        &self,
+        old_fp: &str,
+        new_fp: &str,
+        blobs: &[(Kid, Vec<u8>, Vec<u8>)],
+    ) -> Result<(), StoreError>;
+    /// Deletes the audit records older than `before` (unix seconds), oldest
+    /// first and never the newest record, and keeps the (seq, hash) of the
+    /// last deleted one as the anchor the chain now starts from. Returns how
+    /// many were deleted.
+    async fn prune_audit(&self, before: i64) -> Result<u64, StoreError>;
+    /// The (seq, hash) the first stored audit record chains to: `None`
+    /// until a pruning, meaning the genesis hash before record 1.
+    async fn audit_anchor(&self) -> Result<Option<(i64, String)>, StoreError>;
     /// Takes or renews the lifecycle lease for `holder` if it is free,
     /// expired, or already held by `holder`; `true` when `holder` now holds
     /// it for `ttl_secs` seconds from now. `false` means another replica

@@ -715,6 +715,110 @@ impl Store for PostgresStore {
         rows.iter().map(audit_from_row).collect()
     }
 
+    async fn reseal(
+        &self,
+        old_fp: &str,
+        new_fp: &str,
+        blobs: &[(Kid, Vec<u8>, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // No key change may run meanwhile: lock every key row.
+        sqlx::query("LOCK TABLE keys IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let stored: Option<String> = sqlx::query_scalar(
+            "SELECT value FROM meta WHERE name = 'master_key_fingerprint' FOR UPDATE",
+        )
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if stored.as_deref() != Some(old_fp) {
+            return Err(StoreError::ResealConflict(format!(
+                "the store is bound to master key {stored:?}, not {old_fp}"
+            )));
+        }
+        let held: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM keys WHERE sealed_private IS NOT NULL")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(backend)?;
+        if held != blobs.len() as i64 {
+            return Err(StoreError::ResealConflict(format!(
+                "{held} private halves in the store, {} re-sealed",
+                blobs.len()
+            )));
+        }
+        for (kid, old, new) in blobs {
+            let res = sqlx::query(
+                "UPDATE keys SET sealed_private = $1 WHERE kid = $2 AND sealed_private = $3",
+            )
+            .bind(new.as_slice())
+            .bind(kid.as_str())
+            .bind(old.as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            if res.rows_affected() != 1 {
+                return Err(StoreError::ResealConflict(format!(
+                    "{kid} changed meanwhile"
+                )));
+            }
+        }
+        sqlx::query("UPDATE meta SET value = $1 WHERE name = 'master_key_fingerprint'")
+            .bind(new_fp)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn prune_audit(&self, before: i64) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query("LOCK TABLE audit IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let last: Option<(i64, String)> = sqlx::query_as(
+            "SELECT seq, hash FROM audit WHERE at < $1 AND seq < (SELECT MAX(seq) FROM audit) \
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(before)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let Some((seq, hash)) = last else {
+            return Ok(0);
+        };
+        let res = sqlx::query("DELETE FROM audit WHERE seq <= $1")
+            .bind(seq)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("INSERT INTO meta (name, value) VALUES ('audit_anchor', $1) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
+            .bind(format!("{seq}:{hash}"))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(res.rows_affected())
+    }
+
+    async fn audit_anchor(&self) -> Result<Option<(i64, String)>, StoreError> {
+        let v: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE name = 'audit_anchor'")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+        v.map(|v| {
+            v.split_once(':')
+                .and_then(|(seq, hash)| Some((seq.parse().ok()?, hash.to_owned())))
+                .ok_or_else(|| StoreError::Corrupt(format!("audit anchor {v:?}")))
+        })
+        .transpose()
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

@@ -254,6 +254,12 @@ async fn activate(
     Ok(())
 }
 
+fn parse_anchor(v: &str) -> Result<(i64, String), StoreError> {
+    v.split_once(':')
+        .and_then(|(seq, hash)| Some((seq.parse().ok()?, hash.to_owned())))
+        .ok_or_else(|| StoreError::Corrupt(format!("audit anchor {v:?}")))
+}
+
 fn erases_private_half(change: &Change) -> bool {
     matches!(change, Change::Activate { .. } | Change::Revoke { .. })
 }
@@ -597,6 +603,99 @@ impl Store for SqliteStore {
             .await
             .map_err(backend)?;
         rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn reseal(
+        &self,
+        old_fp: &str,
+        new_fp: &str,
+        blobs: &[(Kid, Vec<u8>, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE name = 'master_key_fingerprint'")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+        if stored.as_deref() != Some(old_fp) {
+            return Err(StoreError::ResealConflict(format!(
+                "the store is bound to master key {stored:?}, not {old_fp}"
+            )));
+        }
+        let held: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM keys WHERE sealed_private IS NOT NULL")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(backend)?;
+        if held != blobs.len() as i64 {
+            return Err(StoreError::ResealConflict(format!(
+                "{held} private halves in the store, {} re-sealed",
+                blobs.len()
+            )));
+        }
+        for (kid, old, new) in blobs {
+            let res = sqlx::query(
+                "UPDATE keys SET sealed_private = ? WHERE kid = ? AND sealed_private = ?",
+            )
+            .bind(new.as_slice())
+            .bind(kid.as_str())
+            .bind(old.as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            if res.rows_affected() != 1 {
+                return Err(StoreError::ResealConflict(format!(
+                    "{kid} changed meanwhile"
+                )));
+            }
+        }
+        sqlx::query("UPDATE meta SET value = ? WHERE name = 'master_key_fingerprint'")
+            .bind(new_fp)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        // The old ciphertexts must not survive in the WAL either.
+        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await;
+        Ok(())
+    }
+
+    async fn prune_audit(&self, before: i64) -> Result<u64, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let last: Option<(i64, String)> = sqlx::query_as(
+            "SELECT seq, hash FROM audit WHERE at < ? AND seq < (SELECT MAX(seq) FROM audit) \
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(before)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let Some((seq, hash)) = last else {
+            return Ok(0);
+        };
+        let res = sqlx::query("DELETE FROM audit WHERE seq <= ?")
+            .bind(seq)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("INSERT INTO meta (name, value) VALUES ('audit_anchor', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
+            .bind(format!("{seq}:{hash}"))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(res.rows_affected())
+    }
+
+    async fn audit_anchor(&self) -> Result<Option<(i64, String)>, StoreError> {
+        let v: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE name = 'audit_anchor'")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+        v.as_deref().map(parse_anchor).transpose()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
