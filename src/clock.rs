@@ -73,9 +73,9 @@ type MonoSource = Box<dyn Fn() -> std::time::Duration + Send + Sync>;
 /// would activate or retire keys early and mint assertions every verifier
 /// rejects. This clock follows the wall clock while it moves with the
 /// monotonic clock; after a jump it keeps counting monotonic time from the
-/// last trusted reading, never going backwards, and believes the new wall
-/// time only once it has stayed consistent for ten minutes. Every jump is
-/// logged.
+/// last trusted reading (so a backward jump does not move time back), and
+/// believes the new wall time, forwards or backwards, only once it has
+/// stayed consistent for ten minutes. Every jump is logged.
 pub struct GuardedClock {
     wall: WallSource,
     mono: MonoSource,

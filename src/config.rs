@@ -116,6 +116,9 @@ pub struct ServerConfig {
     pub socket: PathBuf,
     /// Socket file mode; default `0o660`; never world-writable.
     pub socket_mode: u32,
+    /// Open socket connections at most (`server.max_connections`); further
+    /// clients wait in the kernel's backlog. Default 1024, 1 to 100000.
+    pub max_connections: usize,
     /// Group owning the socket; `None` means the daemon's group. Resolved
     /// (and an unknown name refused) at start-up, not here.
     pub socket_group: Option<String>,
@@ -210,6 +213,7 @@ struct RawServer {
     socket: Option<String>,
     socket_mode: Option<toml::Value>,
     socket_group: Option<String>,
+    max_connections: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -382,6 +386,19 @@ impl Config {
             g => g,
         };
 
+        let max_connections = match s.max_connections {
+            None => 1024,
+            Some(n) => usize::try_from(n)
+                .ok()
+                .filter(|n| (1..=100_000).contains(n))
+                .ok_or_else(|| {
+                    c.err(
+                        "server.max_connections",
+                        n.to_string(),
+                        "must be between 1 and 100000",
+                    )
+                })?,
+        };
         let store = parse_store(&c, raw.store.url.as_deref().unwrap_or(DEFAULT_STORE_URL))?;
         let audit_retention =
             match raw.store.audit_retention.as_deref() {
@@ -418,6 +435,7 @@ impl Config {
                 socket,
                 socket_mode,
                 socket_group,
+                max_connections,
             },
             store,
             audit_spool,

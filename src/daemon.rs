@@ -45,6 +45,8 @@ pub struct Shared {
     pub public_url: String,
     /// Concurrent signatures: one per core (see `socket::assertions`).
     pub sign_permits: Semaphore,
+    /// Per-caller bounds from the policies' `[[callers]]`.
+    pub caller_limits: crate::socket::CallerLimits,
 }
 
 impl Shared {
@@ -86,6 +88,8 @@ pub struct Parts {
     pub public_url: String,
     /// Where audit records wait while the store is down.
     pub audit_spool: Option<PathBuf>,
+    /// Bounds of the socket server.
+    pub socket_limits: crate::socket::SocketLimits,
     /// Audit records older than this are pruned by the lease holder.
     pub audit_retention: Option<crate::types::Span>,
     /// When set, the public listener speaks TLS with this certificate,
@@ -133,6 +137,7 @@ pub async fn run(
         metrics: Metrics::default(),
         public_url: parts.public_url.trim_end_matches('/').to_owned(),
         sign_permits: Semaphore::new(cores),
+        caller_limits: crate::socket::CallerLimits::default(),
     });
     // Existing keys are served at once; a first start serves 503 until the
     // first tick has generated them.
@@ -155,16 +160,12 @@ pub async fn run(
         tracker.spawn(serve_tcp(admin, router, shutdown.clone()));
     }
     let socket_router = crate::socket::router(shared.clone());
-    let socket_shutdown = shutdown.clone();
-    tracker.spawn(async move {
-        let service = socket_router.into_make_service_with_connect_info::<crate::socket::Peer>();
-        if let Err(e) = axum::serve(listeners.socket, service)
-            .with_graceful_shutdown(socket_shutdown.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %e, "socket server failed");
-        }
-    });
+    tracker.spawn(crate::socket::serve(
+        listeners.socket,
+        socket_router,
+        parts.socket_limits,
+        shutdown.clone(),
+    ));
 
     crate::hygiene::notify_ready();
     let holder = lease_holder_id();

@@ -28,9 +28,18 @@ pub fn check_user(allow_root: bool) -> Result<(), HygieneError> {
 /// stops same-uid processes from attaching a debugger or reading
 /// /proc/<pid>/mem). Best effort: each failure is logged, none is fatal.
 pub fn harden() {
-    match setrlimit(Resource::RLIMIT_CORE, 0, 0) {
-        Ok(()) => tracing::debug!("core dumps disabled (RLIMIT_CORE = 0)"),
-        Err(e) => tracing::warn!(error = %e, "could not disable core dumps"),
+    // Under systemd (LimitCORE=0 with setrlimit filtered out) there is
+    // nothing to do, and trying would only log a refusal.
+    if matches!(
+        nix::sys::resource::getrlimit(Resource::RLIMIT_CORE),
+        Ok((0, 0))
+    ) {
+        tracing::debug!("core dumps already disabled");
+    } else {
+        match setrlimit(Resource::RLIMIT_CORE, 0, 0) {
+            Ok(()) => tracing::debug!("core dumps disabled (RLIMIT_CORE = 0)"),
+            Err(e) => tracing::warn!(error = %e, "could not disable core dumps"),
+        }
     }
     match nix::sys::prctl::set_dumpable(false) {
         Ok(()) => tracing::debug!("process marked non-dumpable"),

@@ -220,6 +220,10 @@ async fn serve(cli: &Cli, allow_root: bool) -> anyhow::Result<ExitCode> {
         public_url,
         audit_spool: Some(config.audit_spool.clone()),
         audit_retention: config.audit_retention,
+        socket_limits: jwksd::socket::SocketLimits {
+            max_connections: config.server.max_connections,
+            ..Default::default()
+        },
         tls,
     };
     let listeners = Listeners {

@@ -181,7 +181,17 @@ pub struct CallerPolicy {
     pub clients: Vec<String>,
     /// Whether the caller may rotate and revoke this set's keys. Default false.
     pub admin: bool,
+    /// Signature requests one caller (peer uid) may have in flight; more
+    /// are refused with 429 at once, so a flooding caller cannot queue ahead
+    /// of others. Default 16, 1 to 10000.
+    pub max_concurrent: u32,
+    /// Signature requests per second one caller may make (a token bucket
+    /// with a burst of the same size); `None` (default): unlimited.
+    pub max_per_second: Option<u32>,
 }
+
+/// Default of `[[callers]] max_concurrent`.
+pub const DEFAULT_MAX_CONCURRENT: u32 = 16;
 
 /// When keys of a set rotate.
 // One Schedule per policy: its size does not matter, and the agreed API
@@ -333,6 +343,8 @@ struct RawCaller {
     clients: Vec<String>,
     #[serde(default)]
     admin: bool,
+    max_concurrent: Option<i64>,
+    max_per_second: Option<i64>,
 }
 
 /// Builds [`PolicyError::Invalid`] for one file.
@@ -763,10 +775,40 @@ fn check_callers(
                 ));
             }
         }
+        let max_concurrent = match rc.max_concurrent {
+            None => DEFAULT_MAX_CONCURRENT,
+            Some(n) => u32::try_from(n)
+                .ok()
+                .filter(|n| (1..=10_000).contains(n))
+                .ok_or_else(|| {
+                    c.err(
+                        format!("callers[{i}].max_concurrent"),
+                        n.to_string(),
+                        "must be between 1 and 10000",
+                    )
+                })?,
+        };
+        let max_per_second = match rc.max_per_second {
+            None => None,
+            Some(n) => Some(
+                u32::try_from(n)
+                    .ok()
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or_else(|| {
+                        c.err(
+                            format!("callers[{i}].max_per_second"),
+                            n.to_string(),
+                            "must be between 1 and 1000000",
+                        )
+                    })?,
+            ),
+        };
         callers.push(CallerPolicy {
             matcher,
             clients: rc.clients,
             admin: rc.admin,
+            max_concurrent,
+            max_per_second,
         });
     }
     Ok(callers)

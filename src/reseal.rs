@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
+use crate::clock::Clock as _;
 use crate::config::Config;
 use crate::seal::{MasterKey, write_new_master_key_file};
 
@@ -107,6 +108,19 @@ pub async fn rotate_master(config: &Config, socket: &Path) -> anyhow::Result<Res
         .await
         .context("re-sealing failed; nothing was changed")?;
     install(&pending_new, current)?;
+    let mut entry = crate::audit::entry(crate::clock::SystemClock.now(), "rotate-master", "ok");
+    entry.uid = Some(nix::unistd::getuid().as_raw());
+    entry.gid = Some(nix::unistd::getgid().as_raw());
+    entry.pid = Some(std::process::id() as i32);
+    entry.detail = Some(format!(
+        "{} private keys re-sealed; master key {} -> {}",
+        blobs.len(),
+        old.fingerprint(),
+        new.fingerprint()
+    ));
+    if let Err(e) = store.append_audit(&[entry]).await {
+        eprintln!("warning: the rotation is done but could not be audited: {e}");
+    }
     Ok(ResealReport {
         resealed: blobs.len(),
         old_fingerprint: old.fingerprint(),

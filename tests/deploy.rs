@@ -46,12 +46,16 @@ for path in sys.argv[1:]:
         assert d.get("metadata", {}).get("name"), f"{path}: {d['kind']} without metadata.name"
 print("ok")
 "#;
-    let files: Vec<_> = std::fs::read_dir("deploy/kubernetes")
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    assert!(files.len() >= 4);
+    let mut files = Vec::new();
+    for dir in ["deploy/kubernetes", "deploy/kubernetes/replicas"] {
+        files.extend(
+            std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "yaml")),
+        );
+    }
+    assert!(files.len() >= 8);
     let probe = Command::new("python3").args(["-c", "import yaml"]).output();
     if !probe.is_ok_and(|o| o.status.success()) {
         eprintln!("SKIPPED Kubernetes manifest check: python3 with PyYAML is not installed");
@@ -80,9 +84,29 @@ fn the_production_config_and_example_policies_pass_jwksd_checks() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let config = jwksd::config::Config::from_toml(
-        Path::new("deploy/jwksd.toml"),
-        &std::fs::read_to_string("deploy/jwksd.toml").unwrap(),
-    );
-    assert!(config.is_ok(), "{config:?}");
+    for file in [
+        "deploy/jwksd.toml",
+        "deploy/compose/jwksd.toml",
+        "deploy/kubernetes/replicas/jwksd.toml",
+    ] {
+        let config = jwksd::config::Config::from_toml(
+            Path::new(file),
+            &std::fs::read_to_string(file).unwrap(),
+        );
+        assert!(config.is_ok(), "{file}: {config:?}");
+    }
+    let compose = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); assert 'services' in d",
+        ])
+        .arg("deploy/compose/docker-compose.yaml")
+        .output();
+    if let Ok(out) = compose {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -122,10 +122,13 @@ async fn sign(
     entry: &mut crate::audit::AuditEntry,
     set_label: &mut String,
 ) -> Result<AssertionAnswer, ApiError> {
+    let policies = shared.scheduler.policies();
+    // Limits first: a flooding caller is turned away before its request
+    // costs anything.
+    let _slot = shared.caller_limits.admit(peer, &policies)?;
     let req: AssertionRequest = read_json(body).await?;
     entry.client_id = Some(req.client_id.clone());
     entry.audience = Some(req.audience.clone());
-    let policies = shared.scheduler.policies();
     // An unknown client and a known client this caller may not use get the
     // same answer: the socket does not tell who else is configured.
     let not_allowed = || {

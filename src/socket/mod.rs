@@ -6,15 +6,14 @@ mod admin;
 mod assertions;
 mod error;
 mod keys;
+mod limits;
 mod listener;
+mod server;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::connect_info::Connected;
 use axum::routing::{get, post};
-use axum::serve::IncomingStream;
-use tokio::net::UnixListener;
 
 use crate::audit::AuditEntry;
 use crate::daemon::Shared;
@@ -22,7 +21,9 @@ use crate::policy::{CallerMatch, CallerPolicy, Policies, Policy};
 
 pub use error::ApiError;
 pub use keys::{KeyView, key_view};
+pub use limits::CallerLimits;
 pub use listener::{SocketError, bind};
+pub use server::{SocketLimits, serve};
 
 /// Most a request body may hold (DESIGN §3: 413 above).
 pub const MAX_BODY: usize = 16 * 1024;
@@ -37,9 +38,10 @@ pub struct Peer {
     pub exe: Option<String>,
 }
 
-impl Connected<IncomingStream<'_, UnixListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        match stream.io().peer_cred() {
+impl Peer {
+    /// What the kernel says about the other end of `stream`.
+    pub fn of(stream: &tokio::net::UnixStream) -> Peer {
+        match stream.peer_cred() {
             Ok(cred) => {
                 let pid = cred.pid();
                 let exe = pid.and_then(|p| {

@@ -244,7 +244,9 @@ pub trait Store: Send + Sync + 'static {
     fn changes(&self) -> Arc<tokio::sync::Notify>;
 }
 
-/// Opens the store for reading only, creating and migrating nothing.
+/// Opens the store for reading (`jwksd jwks`): SQLite read-only, never
+/// created or migrated; PostgreSQL through the normal open (migrations are
+/// idempotent and a reader needs the same schema).
 pub async fn open_read_only(url: &StoreUrl) -> Result<Arc<dyn Store>, StoreError> {
     match url {
         StoreUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::open_read_only(path).await?)),
