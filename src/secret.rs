@@ -20,6 +20,7 @@ impl SecretBytes {
     /// Takes ownership of `bytes` without copying them, so no unzeroized copy
     /// is left behind.
     pub fn new(bytes: Vec<u8>) -> Self {
+        lock_in_memory(&bytes);
         SecretBytes(Zeroizing::new(bytes))
     }
 
@@ -48,7 +49,35 @@ impl SecretBytes {
 
 impl From<Zeroizing<Vec<u8>>> for SecretBytes {
     fn from(bytes: Zeroizing<Vec<u8>>) -> Self {
+        lock_in_memory(&bytes);
         SecretBytes(bytes)
+    }
+}
+
+/// Best effort: keeps the pages holding a secret out of swap (mlock).
+///
+/// The pages are never unlocked: mlock does not count, so unlocking on drop
+/// would also unlock another secret sharing the page. Locked memory is
+/// bounded by RLIMIT_MEMLOCK; once it is reached (or where mlock is not
+/// allowed) this logs once and goes on: the bytes are still zeroized on drop
+/// and core dumps are off (see `hygiene`).
+fn lock_in_memory(bytes: &[u8]) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let Some(ptr) = std::ptr::NonNull::new(bytes.as_ptr() as *mut std::ffi::c_void) else {
+        return;
+    };
+    if bytes.is_empty() {
+        return;
+    }
+    // SAFETY: mlock only changes the paging of the range [ptr, ptr+len),
+    // which is memory this process owns (the Vec's live buffer); it neither
+    // reads nor writes it.
+    let locked = unsafe { nix::sys::mman::mlock(ptr, bytes.len()) };
+    if let Err(e) = locked
+        && !WARNED.swap(true, Ordering::Relaxed)
+    {
+        tracing::warn!(error = %e, "cannot lock key material in memory (mlock; RLIMIT_MEMLOCK?): it may reach swap; disable or encrypt swap");
     }
 }
 
