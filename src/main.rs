@@ -1,11 +1,11 @@
 //! The `jwksd` binary: parse the command line, set up logging, run one
 //! command, print the error chain and exit non-zero on failure.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 use hyper::Method;
 use tokio::signal::unix::{SignalKind, signal};
@@ -371,12 +371,4 @@ async fn audit(cli: &Cli, cmd: &AuditCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-#[allow(dead_code)]
-fn ensure_exists(path: &Path) -> anyhow::Result<()> {
-    if !path.exists() {
-        bail!("{} does not exist", path.display());
-    }
-    Ok(())
 }

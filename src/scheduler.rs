@@ -4,7 +4,6 @@
 //! reschedule after a policy reload. The decisions themselves live in
 //! `lifecycle`; the tick loop lives in `daemon`.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
@@ -592,12 +591,4 @@ fn change_target(keys: &[StoredKey], change: &Change) -> (Option<SetName>, Optio
             .find(|k| &k.kid == kid)
             .map_or((None, None), |k| (Some(k.set.clone()), Some(k.alg))),
     }
-}
-
-/// The active kid per alg of a set's keys, for snapshots.
-pub fn active_kids(keys: &[StoredKey]) -> BTreeMap<Alg, Kid> {
-    keys.iter()
-        .filter(|k| k.state == KeyState::Active)
-        .map(|k| (k.alg, k.kid.clone()))
-        .collect()
 }
