@@ -90,11 +90,7 @@ fn build(
             if !k.state.is_published() {
                 continue;
             }
-            let jwk: Jwk = serde_json::from_str(&k.public_jwk).map_err(|e| KeyringError::Jwk {
-                kid: k.kid.to_string(),
-                reason: e.to_string(),
-            })?;
-            jwks.push(jwk);
+            jwks.push(parse_jwk(k)?);
             if k.state == KeyState::Active && policy.algorithms.contains(&k.alg) {
                 let reused = old
                     .sets
@@ -119,6 +115,14 @@ fn build(
         revision,
         sets,
         keys: Arc::new(keys),
+    })
+}
+
+/// The public JWK a stored key publishes.
+fn parse_jwk(k: &StoredKey) -> Result<Jwk, KeyringError> {
+    serde_json::from_str(&k.public_jwk).map_err(|e| KeyringError::Jwk {
+        kid: k.kid.to_string(),
+        reason: e.to_string(),
     })
 }
 
@@ -148,11 +152,7 @@ pub async fn published_jwks(
         if k.set.as_str() != set || !k.state.is_published() {
             continue;
         }
-        let jwk: Jwk = serde_json::from_str(&k.public_jwk).map_err(|e| KeyringError::Jwk {
-            kid: k.kid.to_string(),
-            reason: e.to_string(),
-        })?;
-        jwks.push(jwk);
+        jwks.push(parse_jwk(&k)?);
     }
     Ok((!jwks.is_empty()).then(|| encode_jwks(&jwks)))
 }

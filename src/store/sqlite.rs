@@ -85,6 +85,11 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(backend)?;
+        SqliteStore::migrated(pool).await
+    }
+
+    /// Applies pending migrations to `pool` and wraps it.
+    async fn migrated(pool: SqlitePool) -> Result<Self, StoreError> {
         migrator()
             .run(&pool)
             .await
@@ -753,13 +758,6 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(backend)?;
-        migrator()
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Migrate(e.to_string()))?;
-        Ok(SqliteStore {
-            pool,
-            changes: Arc::new(Notify::new()),
-        })
+        SqliteStore::migrated(pool).await
     }
 }
