@@ -177,12 +177,21 @@ impl Spool {
 
 async fn write_loop(store: Arc<dyn Store>, spool: Spool, mut rx: mpsc::Receiver<Job>, head: Head) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    // After a failed write the store is not tried again on the request path
+    // until this instant: a locked SQLite file fails only after its busy
+    // timeout (10 s), and every batch waiting that long would stall signing.
+    let mut store_down_until: Option<std::time::Instant> = None;
+    let retry_later = || Some(std::time::Instant::now() + REPLAY_EVERY);
     loop {
         let received = if spool.pending() {
             match tokio::time::timeout(REPLAY_EVERY, rx.recv_many(&mut batch, MAX_BATCH)).await {
                 Ok(n) => n,
                 Err(_) => {
-                    spool.replay(store.as_ref()).await;
+                    store_down_until = if spool.replay(store.as_ref()).await {
+                        None
+                    } else {
+                        retry_later()
+                    };
                     continue;
                 }
             }
@@ -194,9 +203,12 @@ async fn write_loop(store: Arc<dyn Store>, spool: Spool, mut rx: mpsc::Receiver<
         }
         let entries: Vec<AuditEntry> = batch.iter().map(|(e, _)| e.clone()).collect();
         // Older spooled entries go first, or the chain would be out of order.
-        let result = if spool.replay(store.as_ref()).await {
+        let result = if store_down_until.is_some_and(|t| std::time::Instant::now() < t) {
+            spool_or_fail(&spool, &entries, "store down, retried every 2 s")
+        } else if spool.replay(store.as_ref()).await {
             match store.append_audit(&entries).await {
                 Ok(records) => {
+                    store_down_until = None;
                     let mut h = head.lock().unwrap_or_else(|p| p.into_inner());
                     // Sequence numbers only grow (replicas included): a new
                     // record at or below one we wrote means records were
@@ -217,9 +229,13 @@ async fn write_loop(store: Arc<dyn Store>, spool: Spool, mut rx: mpsc::Receiver<
                     }
                     Ok(())
                 }
-                Err(e) => spool_or_fail(&spool, &entries, &e.to_string()),
+                Err(e) => {
+                    store_down_until = retry_later();
+                    spool_or_fail(&spool, &entries, &e.to_string())
+                }
             }
         } else {
+            store_down_until = retry_later();
             spool_or_fail(&spool, &entries, "store down, older entries still spooled")
         };
         for (_, done) in batch.drain(..) {

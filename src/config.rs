@@ -119,6 +119,10 @@ pub struct ServerConfig {
     /// Open socket connections at most (`server.max_connections`); further
     /// clients wait in the kernel's backlog. Default 1024, 1 to 100000.
     pub max_connections: usize,
+    /// Time a socket client has to send a request's headers, also between
+    /// keep-alive requests (`server.header_timeout`, a duration such as
+    /// `"30s"`). Default 30 s; between 1 s and 1 h.
+    pub header_timeout: std::time::Duration,
     /// Group owning the socket; `None` means the daemon's group. Resolved
     /// (and an unknown name refused) at start-up, not here.
     pub socket_group: Option<String>,
@@ -214,6 +218,7 @@ struct RawServer {
     socket_mode: Option<toml::Value>,
     socket_group: Option<String>,
     max_connections: Option<i64>,
+    header_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -399,6 +404,20 @@ impl Config {
                     )
                 })?,
         };
+        let header_timeout = match s.header_timeout.as_deref() {
+            None => std::time::Duration::from_secs(30),
+            Some(text) => crate::types::Span::parse(text)
+                .ok()
+                .map(|span| std::time::Duration::from_secs(span.as_secs()))
+                .filter(|d| (1..=3600).contains(&d.as_secs()))
+                .ok_or_else(|| {
+                    c.err(
+                        "server.header_timeout",
+                        format!("{text:?}"),
+                        "must be a duration between 1s and 1h",
+                    )
+                })?,
+        };
         let store = parse_store(&c, raw.store.url.as_deref().unwrap_or(DEFAULT_STORE_URL))?;
         let audit_retention =
             match raw.store.audit_retention.as_deref() {
@@ -436,6 +455,7 @@ impl Config {
                 socket_mode,
                 socket_group,
                 max_connections,
+                header_timeout,
             },
             store,
             audit_spool,
@@ -586,6 +606,17 @@ mod tests {
         assert_eq!(c.store, StoreUrl::Sqlite("/var/lib/jwksd/jwksd.db".into()));
         assert_eq!(c.master_key_file, None);
         assert_eq!(c.policies_dir, Path::new("/etc/jwksd/policies"));
+    }
+
+    #[test]
+    fn header_timeout_is_a_bounded_duration() {
+        assert_eq!(parse(MIN).unwrap().server.header_timeout.as_secs(), 30);
+        let c = with("header_timeout = \"2s\"", "").unwrap();
+        assert_eq!(c.server.header_timeout.as_secs(), 2);
+        for bad in ["\"0s\"", "\"2h\"", "\"soon\""] {
+            let m = message(with(&format!("header_timeout = {bad}"), ""));
+            assert!(m.contains("server.header_timeout"), "{m}");
+        }
     }
 
     #[test]

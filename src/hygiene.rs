@@ -45,6 +45,19 @@ pub fn harden() {
         Ok(()) => tracing::debug!("process marked non-dumpable"),
         Err(e) => tracing::warn!(error = %e, "could not mark the process non-dumpable"),
     }
+    // A write past RLIMIT_FSIZE (systemd's LimitFSIZE=, a quota) must fail
+    // with EFBIG, which the store and the audit spool handle like a full
+    // disk, instead of killing the daemon with SIGXFSZ.
+    // SAFETY: SIG_IGN installs no handler code.
+    match unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGXFSZ,
+            nix::sys::signal::SigHandler::SigIgn,
+        )
+    } {
+        Ok(_) => tracing::debug!("SIGXFSZ ignored: oversized writes fail with EFBIG"),
+        Err(e) => tracing::warn!(error = %e, "could not ignore SIGXFSZ"),
+    }
 }
 
 /// Tells systemd (when run under it with Type=notify) that the daemon is

@@ -222,6 +222,7 @@ async fn serve(cli: &Cli, allow_root: bool) -> anyhow::Result<ExitCode> {
         audit_retention: config.audit_retention,
         socket_limits: jwksd::socket::SocketLimits {
             max_connections: config.server.max_connections,
+            header_timeout: config.server.header_timeout,
             ..Default::default()
         },
         tls,

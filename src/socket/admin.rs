@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use serde::{Deserialize, Serialize};
 
@@ -169,11 +170,15 @@ fn require_any_admin(shared: &Shared, peer: &Peer) -> Result<(), ApiError> {
 pub(super) async fn audit_tail(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    Query(q): Query<AuditQuery>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Vec<AuditRecord>>, ApiError> {
     let entry = peer.audit(shared.scheduler.clock().now().timestamp(), "audit");
-    let allowed = require_any_admin(&shared, &peer);
-    audited(&shared, entry, allowed).await?;
+    // A bad query string is a 400 in the error shape, after the admin check
+    // (axum's own rejection is plain text).
+    let allowed = require_any_admin(&shared, &peer).and_then(|()| {
+        query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))
+    });
+    let Query(q) = audited(&shared, entry, allowed).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 100_000);
     let records = shared
         .store

@@ -115,5 +115,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/audit", get(admin::audit_tail))
         .route("/v1/audit/verify", get(admin::audit_verify))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        // A known path with another method is no endpoint either: answered
+        // in the one error shape (axum's default is a bare 405).
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError::not_found(format!("no such endpoint for method {method}"))
+        })
         .with_state(shared)
 }

@@ -82,6 +82,14 @@ impl SqliteStore {
             .pragma("secure_delete", "ON");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A COMMIT that fails (disk full, EFBIG past RLIMIT_FSIZE, I/O
+            // error) leaves sqlx believing the connection is still inside a
+            // transaction, and every later `begin` on it fails ("non-zero
+            // transaction depth"): the store would never recover. Such a
+            // connection is closed instead of reused.
+            .before_acquire(|conn, _| {
+                Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+            })
             .connect_with(options)
             .await
             .map_err(backend)?;

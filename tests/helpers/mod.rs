@@ -474,3 +474,95 @@ pub fn verify_with_jwks(jwt: &str, jwks: &Value) -> bool {
         _ => false,
     }
 }
+
+/// One request on a Unix socket that never panics: `Err` when the daemon
+/// is gone, the connection is cut, or no answer comes within `within`
+/// (for tests that kill the daemon under load or flood it).
+pub async fn socket_try(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Vec<u8>,
+    within: Duration,
+) -> Result<(StatusCode, Bytes), String> {
+    let socket = socket.to_path_buf();
+    let path = path.to_owned();
+    tokio::time::timeout(within, async move {
+        let stream = tokio::net::UnixStream::connect(&socket)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (status, _, body) = send(stream, method, &path, &[], body).await?;
+        Ok((status, body))
+    })
+    .await
+    .map_err(|_| format!("no answer within {within:?}"))?
+}
+
+/// A master key for `write_files_with`: base64 of 32 random bytes.
+pub fn random_master_key() -> String {
+    let mut key = [0u8; 32];
+    getrandom_fill(&mut key);
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
+/// A small xorshift generator for test randomness (no extra crate).
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from the environment `JWKSD_TEST_SEED` when set (to replay a
+    /// failure), else at random; the seed is printed.
+    pub fn new(what: &str) -> Rng {
+        let seed = std::env::var("JWKSD_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| pg::random_u64() | 1);
+        eprintln!("{what}: JWKSD_TEST_SEED={seed}");
+        Rng(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// `verify_with_jwks` with aws-lc-rs (optimised), for tests that verify
+/// tens of thousands of assertions: RustCrypto's generic code is compiled
+/// unoptimised inside a test crate and takes milliseconds per ES384 check.
+/// The public key is still built from the JWK's members only.
+pub fn verify_with_jwk_fast(jwt: &str, jwk: &Value) -> bool {
+    use aws_lc_rs::signature;
+    let (header, _, sig, input) = decode_jwt(jwt);
+    if jwk["kid"] != header["kid"] || jwk["alg"] != header["alg"] {
+        return false;
+    }
+    let field = |name: &str| jwk[name].as_str().map(b64d).unwrap_or_default();
+    match header["alg"].as_str() {
+        Some("RS384") => signature::RsaPublicKeyComponents {
+            n: field("n"),
+            e: field("e"),
+        }
+        .verify(
+            &signature::RSA_PKCS1_2048_8192_SHA384,
+            input.as_bytes(),
+            &sig,
+        )
+        .is_ok(),
+        Some("ES384") => {
+            let mut point = vec![0x04];
+            point.extend(field("x"));
+            point.extend(field("y"));
+            signature::UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, point)
+                .verify(input.as_bytes(), &sig)
+                .is_ok()
+        }
+        _ => false,
+    }
+}
