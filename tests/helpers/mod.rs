@@ -111,6 +111,11 @@ impl Daemon {
 
     /// `start_in` with extra command-line arguments.
     pub fn start_in_with(dir: &Path, args: &[&str]) -> Daemon {
+        Daemon::start_in_with_env(dir, args, &[])
+    }
+
+    /// `start_in` with extra arguments and environment variables.
+    pub fn start_in_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let config = dir.join("jwksd.toml");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -122,6 +127,7 @@ impl Daemon {
             .arg(&config)
             .args(allow_root())
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "debug,sqlx=warn,hyper=info")
             .env_remove("JWKSD_MASTER_KEY")
             .stdout(Stdio::piped())
