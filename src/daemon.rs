@@ -198,7 +198,13 @@ pub async fn run(
             shared.metrics.leader.set(i64::from(held));
         }
         if leader && tokio::time::Instant::now() >= next_tick {
-            match shared.scheduler.tick().await {
+            let started = std::time::Instant::now();
+            let result = shared.scheduler.tick().await;
+            shared
+                .metrics
+                .tick_seconds
+                .observe(started.elapsed().as_secs_f64());
+            match result {
                 Ok(_) => backoff = TICK,
                 Err(e) => {
                     shared.metrics.transition_failures.inc();

@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
+use axum::http::HeaderValue;
+
 use crate::jose::{Jwk, JwksDocument, encode_jwks};
 use crate::keys::SigningKey;
 use crate::policy::Policies;
@@ -18,8 +20,32 @@ use crate::types::{Alg, KeyState, SetName};
 pub struct SetView {
     /// `None` until the set has keys: the endpoint answers 503 then.
     pub jwks: Option<JwksDocument>,
+    /// The answer's `ETag` and `Cache-Control` header values, built once
+    /// per snapshot (key change or policy reload) rather than formatted and
+    /// validated on every request: the JWKS handler only clones them
+    /// (reference-counted, no copy). `None` exactly when `jwks` is.
+    pub headers: Option<JwksHeaders>,
     /// The one signer per alg.
     pub signers: BTreeMap<Alg, Arc<SigningKey>>,
+}
+
+/// Precomputed header values of one set's JWKS answer.
+#[derive(Debug, Clone)]
+pub struct JwksHeaders {
+    /// The strong ETag, quotes included.
+    pub etag: HeaderValue,
+    /// `public, max-age=<jwks_max_age in seconds>`.
+    pub cache_control: HeaderValue,
+}
+
+impl JwksHeaders {
+    fn new(doc: &JwksDocument, max_age_s: u64) -> Option<JwksHeaders> {
+        Some(JwksHeaders {
+            // The ETag is base64url in quotes: always a valid header value.
+            etag: HeaderValue::from_str(&doc.etag).ok()?,
+            cache_control: HeaderValue::from_str(&format!("public, max-age={max_age_s}")).ok()?,
+        })
+    }
 }
 
 /// Everything served, at one store revision.
@@ -105,8 +131,13 @@ fn build(
                 signers.insert(k.alg, signer);
             }
         }
+        let jwks = (!jwks.is_empty()).then(|| encode_jwks(&jwks));
+        let headers = jwks
+            .as_ref()
+            .and_then(|d| JwksHeaders::new(d, policy.jwks_max_age.as_secs()));
         let view = SetView {
-            jwks: (!jwks.is_empty()).then(|| encode_jwks(&jwks)),
+            jwks,
+            headers,
             signers,
         };
         sets.insert(policy.name.clone(), view);

@@ -39,6 +39,9 @@ pub struct Metrics {
     /// JWKS requests, and those answered 304.
     pub jwks_requests: Counter,
     pub jwks_not_modified: Counter,
+    /// Time one lifecycle tick took (seconds), key generation included
+    /// when the tick generated a key.
+    pub tick_seconds: Histogram,
     /// Lifecycle ticks that failed (each is retried with backoff).
     pub transition_failures: Counter,
     /// Store calls that failed.
@@ -76,6 +79,12 @@ impl Default for Metrics {
             "JWKS requests answered 304",
             jwks_not_modified.clone(),
         );
+        let tick_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        registry.register(
+            "jwksd_tick_seconds",
+            "Time one lifecycle tick took",
+            tick_seconds.clone(),
+        );
         let transition_failures = Counter::default();
         registry.register(
             "jwksd_transition_failures",
@@ -112,6 +121,7 @@ impl Default for Metrics {
             sign_seconds,
             jwks_requests,
             jwks_not_modified,
+            tick_seconds,
             transition_failures,
             store_errors,
             leader,

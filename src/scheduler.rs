@@ -172,7 +172,10 @@ impl Scheduler {
         let mut events = Vec::new();
         for _ in 0..MAX_ROUNDS {
             let policies = self.policies();
-            let keys = self.store.keys().await?;
+            // Live keys only: retired and revoked keys (one per rotation,
+            // forever) never need a step, so a tick every few seconds reads
+            // and plans over what can still change, not the whole history.
+            let keys = self.store.live_keys().await?;
             let now = self.clock.now();
             let mut did_something = false;
             for policy in policies.iter() {
@@ -189,7 +192,7 @@ impl Scheduler {
 
     /// The earliest instant at which a tick will have work, over all sets.
     pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>, LifecycleError> {
-        let keys = self.store.keys().await?;
+        let keys = self.store.live_keys().await?;
         Ok(self
             .policies()
             .iter()
@@ -567,7 +570,7 @@ impl Scheduler {
     /// After a policy reload: moves pending activations to the new schedule.
     pub async fn reschedule(&self) -> Result<Vec<Event>, LifecycleError> {
         let _guard = self.lock.lock().await;
-        let keys = self.store.keys().await?;
+        let keys = self.store.live_keys().await?;
         let mut events = Vec::new();
         for policy in self.policies().iter() {
             for change in lifecycle::reschedule(policy, &keys) {

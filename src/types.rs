@@ -57,6 +57,15 @@ impl SetName {
     }
 }
 
+/// Lets maps keyed by `SetName` be searched with a `&str` (the JWKS path
+/// looks sets up without allocating). Sound: the derived `Eq`, `Ord` and
+/// `Hash` are those of the inner `String`, hence of `str`.
+impl std::borrow::Borrow<str> for SetName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for SetName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -229,6 +229,7 @@ conformance!(
     reseal_replaces_every_private_half_and_the_fingerprint_at_once,
     reseal_changes_nothing_when_the_store_moved,
     pruning_keeps_the_newest_record_and_an_anchor_the_chain_verifies_from,
+    live_keys_are_the_keys_that_can_change_plus_the_newest_per_alg,
 );
 
 async fn reseal_replaces_every_private_half_and_the_fingerprint_at_once(db: &Db) {
@@ -926,4 +927,79 @@ fn test_database_urls_keep_their_parameters() {
         with_database("postgres://h:5432", "x"),
         "postgres://h:5432/x"
     );
+}
+
+async fn live_keys_are_the_keys_that_can_change_plus_the_newest_per_alg(db: &Db) {
+    let s = db.open().await;
+    let live = |s: Arc<dyn Store>| async move {
+        s.live_keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| (k.alg, k.version, k.state))
+            .collect::<Vec<_>>()
+    };
+    active_and_pending(&s, 100).await;
+    apply(&s, activate(2, 100, false)).await; // v1 retiring until t(1100)
+    assert!(is_done(
+        &apply(
+            &s,
+            Change::Insert(key(RS, 3, KeyState::Pending, Some(5000)))
+        )
+        .await
+    ));
+    assert_eq!(
+        live(s.clone()).await,
+        vec![
+            (RS, 1, KeyState::Retiring),
+            (RS, 2, KeyState::Active),
+            (RS, 3, KeyState::Pending)
+        ]
+    );
+    // A retired key is history: the tick never needs it again.
+    let retire = Change::Retire {
+        kid: kid(RS, 1),
+        at: t(1100),
+    };
+    assert_eq!(apply(&s, retire).await, done(None, None));
+    assert_eq!(
+        live(s.clone()).await,
+        vec![(RS, 2, KeyState::Active), (RS, 3, KeyState::Pending)]
+    );
+    // The newest key of an alg stays, whatever its state: the next version
+    // counts up from it. Algs are listed in (set, alg, version) order.
+    assert!(is_done(
+        &apply(
+            &s,
+            Change::Insert(key(Alg::Es384, 1, KeyState::Active, Some(0)))
+        )
+        .await
+    ));
+    assert!(is_done(
+        &apply(
+            &s,
+            Change::Insert(key(Alg::Es384, 2, KeyState::Pending, Some(5000)))
+        )
+        .await
+    ));
+    let revoke = Change::Revoke {
+        kid: kid(Alg::Es384, 2),
+        at: t(1200),
+    };
+    assert_eq!(apply(&s, revoke).await, done(None, None));
+    assert_eq!(
+        live(s.clone()).await,
+        vec![
+            (Alg::Es384, 1, KeyState::Active),
+            (Alg::Es384, 2, KeyState::Revoked),
+            (RS, 2, KeyState::Active),
+            (RS, 3, KeyState::Pending)
+        ]
+    );
+    // The same rows as keys() returns for them.
+    let all = s.keys().await.unwrap();
+    for k in s.live_keys().await.unwrap() {
+        assert_eq!(all.iter().find(|a| a.kid == k.kid), Some(&k));
+    }
+    assert_eq!(all.len(), 5);
 }

@@ -6,13 +6,15 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
+use http_body_util::Full;
 
 use crate::daemon::Shared;
-use crate::types::SetName;
 
 /// The public router. GET routes answer HEAD with the same headers.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -42,46 +44,62 @@ async fn named_set(
     }
 }
 
-fn serve_set(shared: &Shared, set: &str, headers: &HeaderMap) -> Response {
-    shared.metrics.jwks_requests.inc();
-    let Ok(name) = SetName::new(set) else {
-        return error(StatusCode::NOT_FOUND, "not_found", "no such key set");
-    };
+/// The hot path: the 200 or 304 answer of a set that has keys, or `None` (unknown set, or no
+/// keys yet: the router answers those). One snapshot `Arc` clone, one map
+/// lookup by `&str`, refcount clones of the precomputed body and header
+/// values; nothing is formatted, validated or copied per request.
+fn jwks_answer(shared: &Shared, set: &str, headers: &HeaderMap) -> Option<Response<Full<Bytes>>> {
     let snapshot = shared.keyring.snapshot();
-    let policies = shared.scheduler.policies();
-    let (Some(view), Some(policy)) = (snapshot.sets.get(&name), policies.get(&name)) else {
-        return error(StatusCode::NOT_FOUND, "not_found", "no such key set");
+    // Sets in the snapshot are exactly the policies' sets, and a name that
+    // is not a valid set name is in no map.
+    let view = snapshot.sets.get(set)?;
+    let (Some(doc), Some(precomputed)) = (&view.jwks, &view.headers) else {
+        return None;
     };
-    let Some(doc) = &view.jwks else {
-        // Never an empty key list: a verifier would cache it and reject
-        // every assertion until it refetched.
-        let mut r = error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "this key set has no keys yet; retry shortly",
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return r;
-    };
-    let cache = format!("public, max-age={}", policy.jwks_max_age.as_secs());
-    let mut out_headers = HeaderMap::new();
-    out_headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_str(&cache).unwrap_or(HeaderValue::from_static("public")),
-    );
-    if let Ok(etag) = HeaderValue::from_str(&doc.etag) {
-        out_headers.insert(header::ETAG, etag);
-    }
-    if if_none_match(headers, &doc.etag) {
+    shared.metrics.jwks_requests.inc();
+    let not_modified = if_none_match(headers, &doc.etag);
+    let mut response = if not_modified {
         shared.metrics.jwks_not_modified.inc();
-        return (StatusCode::NOT_MODIFIED, out_headers).into_response();
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        Response::new(Full::new(doc.bytes.clone()))
+    };
+    let out = response.headers_mut();
+    out.insert(header::CACHE_CONTROL, precomputed.cache_control.clone());
+    out.insert(header::ETAG, precomputed.etag.clone());
+    if !not_modified {
+        out.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        // Explicit, so that HEAD carries GET's length too.
+        out.insert(header::CONTENT_LENGTH, HeaderValue::from(doc.bytes.len()));
     }
-    out_headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    (StatusCode::OK, out_headers, doc.bytes.clone()).into_response()
+    Some(response)
+}
+
+fn serve_set(shared: &Shared, set: &str, headers: &HeaderMap) -> Response {
+    if let Some(r) = jwks_answer(shared, set, headers) {
+        return r.map(Body::new);
+    }
+    shared.metrics.jwks_requests.inc();
+    match shared.keyring.snapshot().sets.get(set) {
+        None => error(StatusCode::NOT_FOUND, "not_found", "no such key set"),
+        Some(_) => {
+            // Never an empty key list: a verifier would cache it and reject
+            // every assertion until it refetched.
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "this key set has no keys yet; retry shortly",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r
+        }
+    }
 }
 
 /// RFC 9110 §13.1.2: a list of entity tags or `*`; weak comparison applies

@@ -187,6 +187,15 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Every key of every set, ordered by (set, alg, version).
     async fn keys(&self) -> Result<Vec<StoredKey>, StoreError>;
+    /// What the lifecycle planner needs, ordered by (set, alg, version):
+    /// every pending, active and retiring key, plus the highest-version key
+    /// of each (set, alg) whatever its state (the next version counts up from
+    /// it, and it tells a set that lost every key from a new one). Retired
+    /// and revoked keys pile up forever (one per rotation); the tick runs
+    /// every few seconds, so it reads this instead of [`keys`](Store::keys)
+    /// and its work follows the live keys, not the history. Served by the
+    /// partial index `keys_live` plus the `(set_name, alg, version)` index.
+    async fn live_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
     /// A counter bumped by every committed key change: replicas poll it to
     /// learn that the keys changed.
     async fn revision(&self) -> Result<i64, StoreError>;
@@ -242,6 +251,21 @@ pub trait Store: Send + Sync + 'static {
     /// on a broken connection, late: callers still poll
     /// [`revision`](Store::revision) as the fallback.
     fn changes(&self) -> Arc<tokio::sync::Notify>;
+}
+
+/// The query behind [`Store::live_keys`], the same on both backends:
+/// `columns` is the backend's key column list.
+fn live_keys_sql(columns: &str) -> String {
+    format!(
+        "SELECT {columns} FROM keys WHERE state IN ('pending', 'active', 'retiring') \
+         UNION ALL \
+         SELECT {columns} FROM keys \
+         JOIN (SELECT set_name AS top_set, alg AS top_alg, MAX(version) AS top_version \
+               FROM keys GROUP BY set_name, alg) top \
+           ON set_name = top_set AND alg = top_alg AND version = top_version \
+         WHERE state NOT IN ('pending', 'active', 'retiring') \
+         ORDER BY set_name, alg, version"
+    )
 }
 
 /// Opens the store for reading (`jwksd jwks`): SQLite read-only, never

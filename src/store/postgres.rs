@@ -75,6 +75,13 @@ fn migrator() -> Migrator {
             include_str!("../../migrations/postgres/0002_lease.sql").into_sql_str(),
             false,
         ),
+        Migration::new(
+            3,
+            Cow::Borrowed("live keys index"),
+            MigrationType::Simple,
+            include_str!("../../migrations/postgres/0003_live_keys.sql").into_sql_str(),
+            false,
+        ),
     ])
 }
 
@@ -582,6 +589,14 @@ impl Store for PostgresStore {
     async fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
         let sql = format!("SELECT {KEY_COLUMNS} FROM keys ORDER BY set_name, alg, version");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn live_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(super::live_keys_sql(KEY_COLUMNS)))
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
