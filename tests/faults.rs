@@ -16,21 +16,6 @@ use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::Connection as _;
 
-async fn wait_for<F, Fut>(what: &str, within: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !f().await {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Signs both algs and checks each against the JWKS served at that moment.
 async fn signs_from_memory(d: &Daemon, jwks_before: &[u8]) -> usize {
     let (status, _, body) = d.jwks().await;
@@ -193,19 +178,7 @@ async fn postgres_connections_cut_then_allowed_again() {
     d.ready().await;
     d.settled().await;
     let (_, _, jwks_before) = d.jwks().await;
-    let mut admin = sqlx::PgConnection::connect(&db.admin).await.unwrap();
-    let block = |allow: bool| {
-        sqlx::AssertSqlSafe(format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS {allow}",
-            db.name
-        ))
-    };
-    sqlx::query(block(false)).execute(&mut admin).await.unwrap();
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
-        .bind(&db.name)
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    db.block(true).await;
     let mut signed = 0;
     for _ in 0..5 {
         signed += signs_from_memory(&d, &jwks_before).await;
@@ -232,7 +205,7 @@ async fn postgres_connections_cut_then_allowed_again() {
         )
         .await;
     assert_ne!(status, StatusCode::OK);
-    sqlx::query(block(true)).execute(&mut admin).await.unwrap();
+    db.block(false).await;
     wait_for(
         "readyz after the store returns",
         Duration::from_secs(30),

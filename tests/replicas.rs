@@ -75,21 +75,6 @@ async fn replica_actives(d: &Daemon) -> Vec<(String, String)> {
     rows
 }
 
-async fn wait_for<F, Fut>(what: &str, within: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !f().await {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn all_same_jwks(ds: &[&Daemon]) -> Option<bytes::Bytes> {
     let mut first = None;
     for d in ds {
@@ -239,26 +224,6 @@ async fn three_replicas_agree_follow_each_other_and_replace_a_killed_leader() {
     .await;
 }
 
-/// Makes the database refuse every connection (and cuts the open ones), as
-/// a stopped server would for this test alone; `false` lets them in again.
-async fn block_database(admin_url: &str, name: &str, blocked: bool) {
-    let mut conn = sqlx::PgConnection::connect(admin_url).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "ALTER DATABASE {name} ALLOW_CONNECTIONS {}",
-        !blocked
-    )))
-    .execute(&mut conn)
-    .await
-    .unwrap();
-    if blocked {
-        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
-            .bind(name)
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn losing_the_database_keeps_jwks_and_signing_and_everything_recovers() {
     let Some(db) = pg_or_skip("replica tests").await else {
@@ -270,7 +235,7 @@ async fn losing_the_database_keeps_jwks_and_signing_and_everything_recovers() {
         d.settled().await;
     }
     let (_, _, jwks_before) = ds[0].jwks().await;
-    block_database(&db.admin, &db.name, true).await;
+    db.block(true).await;
 
     // JWKS and signing go on from memory; readiness says the store is down.
     let mut signed_while_down = 0;
@@ -306,7 +271,7 @@ async fn losing_the_database_keeps_jwks_and_signing_and_everything_recovers() {
         .unwrap();
     assert!(String::from_utf8_lossy(&why).contains("store"), "{why:?}");
 
-    block_database(&db.admin, &db.name, false).await;
+    db.block(false).await;
     for d in &ds {
         wait_for(
             "readyz after the store returns",

@@ -54,6 +54,29 @@ impl PgTestDb {
     }
 }
 
+impl PgTestDb {
+    /// Makes this database refuse every connection and cuts the open ones,
+    /// as a stopped server would for this test alone; `false` lets them in
+    /// again.
+    pub async fn block(&self, blocked: bool) {
+        let mut conn = sqlx::PgConnection::connect(&self.admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS {}",
+            self.name, !blocked
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        if blocked {
+            sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+                .bind(&self.name)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+}
+
 impl Drop for PgTestDb {
     fn drop(&mut self) {
         let (admin, name) = (self.admin.clone(), self.name.clone());
