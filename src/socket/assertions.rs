@@ -123,9 +123,11 @@ async fn sign(
     set_label: &mut String,
 ) -> Result<AssertionAnswer, ApiError> {
     let policies = shared.scheduler.policies();
+    // Who this peer is to the policies, worked out once per request.
+    let grants = peer.grants(&policies);
     // Limits first: a flooding caller is turned away before its request
     // costs anything.
-    let _slot = shared.caller_limits.admit(peer, &policies)?;
+    let _slot = shared.caller_limits.admit(peer, &grants)?;
     let req: AssertionRequest = read_json(body).await?;
     entry.client_id = Some(req.client_id.clone());
     entry.audience = Some(req.audience.clone());
@@ -137,7 +139,7 @@ async fn sign(
             req.client_id, peer.uid, peer.gid
         ))
     };
-    if peer.grants(&policies).is_empty() {
+    if grants.is_empty() {
         return Err(ApiError::forbidden(format!(
             "caller uid {} gid {} is not listed in any policy's [[callers]]",
             peer.uid, peer.gid
@@ -161,8 +163,7 @@ async fn sign(
             )));
         }
     }
-    let allowed = peer
-        .grants(&policies)
+    let allowed = grants
         .iter()
         .any(|(p, c)| p.name == policy.name && c.clients.contains(&req.client_id));
     if !allowed {

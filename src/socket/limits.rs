@@ -11,12 +11,10 @@ use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{ApiError, Peer};
-use crate::policy::Policies;
+use super::{ApiError, Grant, Peer};
 
 /// The limits in force for one peer: the most generous of its entries.
-fn limits_for(peer: &Peer, policies: &Policies) -> Option<(u32, Option<u32>)> {
-    let grants = peer.grants(policies);
+fn limits_for(grants: &[Grant<'_>]) -> Option<(u32, Option<u32>)> {
     let concurrent = grants.iter().map(|(_, c)| c.max_concurrent).max()?;
     // Unlimited if any entry is; else the highest rate.
     let rate = if grants.iter().any(|(_, c)| c.max_per_second.is_none()) {
@@ -43,12 +41,14 @@ impl CallerLimits {
     /// Admits one signature request of `peer`, or says why not (429). The
     /// permit is held until the request is answered. A peer no policy lists
     /// is admitted here and refused by the authorization that follows.
+    /// `grants` are the peer's `[[callers]]` entries (`Peer::grants`),
+    /// computed once per request by the caller.
     pub fn admit(
         &self,
         peer: &Peer,
-        policies: &Policies,
+        grants: &[Grant<'_>],
     ) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
-        let Some((concurrent, rate)) = limits_for(peer, policies) else {
+        let Some((concurrent, rate)) = limits_for(grants) else {
             return Ok(None);
         };
         if let Some(rate) = rate {

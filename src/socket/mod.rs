@@ -91,7 +91,7 @@ impl Peer {
     }
 
     /// Every `[[callers]]` entry, across all policies, that names this peer.
-    pub fn grants<'a>(&self, policies: &'a Policies) -> Vec<(&'a Arc<Policy>, &'a CallerPolicy)> {
+    pub fn grants<'a>(&self, policies: &'a Policies) -> Vec<Grant<'a>> {
         policies
             .iter()
             .flat_map(|p| p.callers.iter().map(move |c| (p, c)))
@@ -104,6 +104,9 @@ impl Peer {
         policy.callers.iter().any(|c| c.admin && self.matches(c))
     }
 }
+
+/// One `[[callers]]` entry that names a peer, with its policy.
+pub type Grant<'a> = (&'a Arc<Policy>, &'a CallerPolicy);
 
 /// The socket router.
 pub fn router(shared: Arc<Shared>) -> Router {
