@@ -268,6 +268,40 @@ fn live_keys_sql(columns: &str) -> String {
     )
 }
 
+/// How the audit anchor (seq, hash) is kept in `meta`: `"<seq>:<hash>"`.
+pub(crate) fn format_anchor(seq: i64, hash: &str) -> String {
+    format!("{seq}:{hash}")
+}
+
+/// Reads an anchor written by [`format_anchor`].
+pub(crate) fn parse_anchor(v: &str) -> Result<(i64, String), StoreError> {
+    v.split_once(':')
+        .and_then(|(seq, hash)| Some((seq.parse().ok()?, hash.to_owned())))
+        .ok_or_else(|| StoreError::Corrupt(format!("audit anchor {v:?}")))
+}
+
+/// The preconditions of [`Store::reseal`], checked inside its transaction:
+/// the store is bound to `old_fp`, and `blobs` covers every private half
+/// the store holds (`held`), so no key is left sealed under the old key.
+pub(crate) fn check_reseal(
+    stored_fp: Option<&str>,
+    old_fp: &str,
+    held: i64,
+    blobs: usize,
+) -> Result<(), StoreError> {
+    if stored_fp != Some(old_fp) {
+        return Err(StoreError::ResealConflict(format!(
+            "the store is bound to master key {stored_fp:?}, not {old_fp}"
+        )));
+    }
+    if held != blobs as i64 {
+        return Err(StoreError::ResealConflict(format!(
+            "{held} private halves in the store, {blobs} re-sealed"
+        )));
+    }
+    Ok(())
+}
+
 /// Opens the store for reading (`jwksd jwks`): SQLite read-only, never
 /// created or migrated; PostgreSQL through the normal open (migrations are
 /// idempotent and a reader needs the same schema).

@@ -748,22 +748,12 @@ impl Store for PostgresStore {
         .fetch_optional(&mut *tx)
         .await
         .map_err(backend)?;
-        if stored.as_deref() != Some(old_fp) {
-            return Err(StoreError::ResealConflict(format!(
-                "the store is bound to master key {stored:?}, not {old_fp}"
-            )));
-        }
         let held: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM keys WHERE sealed_private IS NOT NULL")
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(backend)?;
-        if held != blobs.len() as i64 {
-            return Err(StoreError::ResealConflict(format!(
-                "{held} private halves in the store, {} re-sealed",
-                blobs.len()
-            )));
-        }
+        super::check_reseal(stored.as_deref(), old_fp, held, blobs.len())?;
         for (kid, old, new) in blobs {
             let res = sqlx::query(
                 "UPDATE keys SET sealed_private = $1 WHERE kid = $2 AND sealed_private = $3",
@@ -812,7 +802,7 @@ impl Store for PostgresStore {
             .await
             .map_err(backend)?;
         sqlx::query("INSERT INTO meta (name, value) VALUES ('audit_anchor', $1) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
-            .bind(format!("{seq}:{hash}"))
+            .bind(super::format_anchor(seq, &hash))
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
@@ -826,12 +816,7 @@ impl Store for PostgresStore {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(backend)?;
-        v.map(|v| {
-            v.split_once(':')
-                .and_then(|(seq, hash)| Some((seq.parse().ok()?, hash.to_owned())))
-                .ok_or_else(|| StoreError::Corrupt(format!("audit anchor {v:?}")))
-        })
-        .transpose()
+        v.as_deref().map(super::parse_anchor).transpose()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -274,12 +274,6 @@ async fn activate(
     Ok(())
 }
 
-fn parse_anchor(v: &str) -> Result<(i64, String), StoreError> {
-    v.split_once(':')
-        .and_then(|(seq, hash)| Some((seq.parse().ok()?, hash.to_owned())))
-        .ok_or_else(|| StoreError::Corrupt(format!("audit anchor {v:?}")))
-}
-
 fn erases_private_half(change: &Change) -> bool {
     matches!(change, Change::Activate { .. } | Change::Revoke { .. })
 }
@@ -645,22 +639,12 @@ impl Store for SqliteStore {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(backend)?;
-        if stored.as_deref() != Some(old_fp) {
-            return Err(StoreError::ResealConflict(format!(
-                "the store is bound to master key {stored:?}, not {old_fp}"
-            )));
-        }
         let held: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM keys WHERE sealed_private IS NOT NULL")
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(backend)?;
-        if held != blobs.len() as i64 {
-            return Err(StoreError::ResealConflict(format!(
-                "{held} private halves in the store, {} re-sealed",
-                blobs.len()
-            )));
-        }
+        super::check_reseal(stored.as_deref(), old_fp, held, blobs.len())?;
         for (kid, old, new) in blobs {
             let res = sqlx::query(
                 "UPDATE keys SET sealed_private = ? WHERE kid = ? AND sealed_private = ?",
@@ -709,7 +693,7 @@ impl Store for SqliteStore {
             .await
             .map_err(backend)?;
         sqlx::query("INSERT INTO meta (name, value) VALUES ('audit_anchor', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
-            .bind(format!("{seq}:{hash}"))
+            .bind(super::format_anchor(seq, &hash))
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
@@ -723,7 +707,7 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(backend)?;
-        v.as_deref().map(parse_anchor).transpose()
+        v.as_deref().map(super::parse_anchor).transpose()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
