@@ -63,7 +63,32 @@ pub fn chain_hash(prev_hash: &str, seq: i64, entry: &AuditEntry) -> String {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
+/// The records `entries` become when appended to a chain whose newest record
+/// is `last` (seq, hash), or to an empty chain (`None`). Both stores append
+/// through this, so the chain is computed one way only.
+pub fn chain_after(last: Option<(i64, String)>, entries: &[AuditEntry]) -> Vec<AuditRecord> {
+    let (mut seq, mut prev) = last.unwrap_or((0, GENESIS_HASH.to_owned()));
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        seq += 1;
+        let hash = chain_hash(&prev, seq, e);
+        out.push(AuditRecord {
+            seq,
+            entry: e.clone(),
+            prev_hash: std::mem::replace(&mut prev, hash.clone()),
+            hash,
+        });
+    }
+    out
 }
 
 /// A broken link found by [`verify_chain`].
@@ -170,6 +195,26 @@ mod tests {
     #[test]
     fn an_untouched_chain_verifies() {
         assert_eq!(verify_chain(GENESIS_HASH, &chain(5)), Ok(5));
+    }
+
+    #[test]
+    fn chain_after_builds_the_same_chain_in_one_go_or_in_parts() {
+        let whole = chain(5);
+        let entries: Vec<AuditEntry> = whole.iter().map(|r| r.entry.clone()).collect();
+        assert_eq!(chain_after(None, &entries), whole);
+        let first = chain_after(None, &entries[..2]);
+        let last = first.last().map(|r| (r.seq, r.hash.clone()));
+        let rest = chain_after(last, &entries[2..]);
+        assert_eq!([first, rest].concat(), whole);
+        assert!(chain_after(None, &[]).is_empty());
+    }
+
+    #[test]
+    fn hex_writes_what_format_wrote_so_stored_chains_still_verify() {
+        let every_byte: Vec<u8> = (0..=255).collect();
+        let by_format: String = every_byte.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex(&every_byte), by_format);
+        assert_eq!(chain_hash(GENESIS_HASH, 1, &AuditEntry::default()).len(), 64);
     }
 
     #[test]

@@ -222,6 +222,7 @@ conformance!(
     master_key_fingerprint_is_bound_once_and_refused_after,
     concurrent_audit_appenders_build_one_gap_free_chain,
     audit_tail_gives_the_latest_records_oldest_first,
+    a_batch_longer_than_one_insert_statement_is_one_chain_with_every_field,
     lease_is_exclusive_renewable_expires_and_hands_over,
     changes_are_signalled_after_a_commit,
     racing_activations_have_exactly_one_winner,
@@ -714,6 +715,40 @@ async fn concurrent_audit_appenders_build_one_gap_free_chain(db: &Db) {
         let want: Vec<String> = (0..PER_TASK).map(|n| format!("{task}-{n}")).collect();
         assert_eq!(mine, want);
     }
+}
+
+/// A spool replayed after a long outage is one `append_audit` of thousands
+/// of entries: more rows than one INSERT statement may bind. Every field of
+/// every record must come back as written, in one unbroken chain.
+async fn a_batch_longer_than_one_insert_statement_is_one_chain_with_every_field(db: &Db) {
+    let s = db.open().await;
+    let entries: Vec<AuditEntry> = (0..2_345)
+        .map(|n| {
+            let mut e = audit_entry(n, n % 7);
+            e.gid = (n % 2 == 0).then_some(n as u32);
+            e.exe = Some(format!("/usr/bin/app-{n}"));
+            e.audience = Some("https://ehr.example.com/oauth2/token".into());
+            e.kid = Some(format!("default-es384-v{n}-abcdefgh"));
+            e.detail = (n % 3 == 0).then(|| format!("refused: reason {n} with 'quotes' and \"double\""));
+            e
+        })
+        .collect();
+    let written = s.append_audit(&entries).await.unwrap();
+    assert_eq!(written.len(), entries.len());
+    let stored = s.audit_all().await.unwrap();
+    assert_eq!(stored, written);
+    assert_eq!(
+        stored.iter().map(|r| r.entry.clone()).collect::<Vec<_>>(),
+        entries
+    );
+    assert_eq!(
+        stored.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=entries.len() as i64).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        audit::verify_chain(GENESIS_HASH, &stored),
+        Ok(entries.len())
+    );
 }
 
 async fn audit_tail_gives_the_latest_records_oldest_first(db: &Db) {

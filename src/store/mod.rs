@@ -268,6 +268,50 @@ fn live_keys_sql(columns: &str) -> String {
     )
 }
 
+/// The audit table's columns, in the order [`audit_insert`] binds them.
+pub(crate) const AUDIT_COLUMNS: &str = "seq, at, action, outcome, uid, gid, pid, exe, client_id, audience, kid, jti, detail, prev_hash, hash";
+
+/// Rows per audit INSERT: 15 binds a row keeps a statement under SQLite's
+/// 32,766 and PostgreSQL's 65,535 bind parameters.
+pub(crate) const AUDIT_ROWS_PER_INSERT: usize = 1000;
+
+/// One multi-row `INSERT` of `records` (at most [`AUDIT_ROWS_PER_INSERT`]).
+/// A group commit carries up to hundreds of signatures' records; one
+/// statement per record cost one round trip each (to sqlx's SQLite worker
+/// thread, or over the PostgreSQL socket), which made the batch, and so
+/// every waiting signature, slower than its fsync.
+pub(crate) fn audit_insert<DB>(records: &[AuditRecord]) -> sqlx::QueryBuilder<DB>
+where
+    DB: sqlx::Database,
+    <DB as sqlx::Database>::Arguments: Default,
+    i64: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    Option<i64>: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    String: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    Option<String>: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    debug_assert!(records.len() <= AUDIT_ROWS_PER_INSERT);
+    let mut insert = sqlx::QueryBuilder::new(format!("INSERT INTO audit ({AUDIT_COLUMNS}) "));
+    insert.push_values(records, |mut row, r| {
+        let e = &r.entry;
+        row.push_bind(r.seq)
+            .push_bind(e.at)
+            .push_bind(e.action.clone())
+            .push_bind(e.outcome.clone())
+            .push_bind(e.uid.map(i64::from))
+            .push_bind(e.gid.map(i64::from))
+            .push_bind(e.pid.map(i64::from))
+            .push_bind(e.exe.clone())
+            .push_bind(e.client_id.clone())
+            .push_bind(e.audience.clone())
+            .push_bind(e.kid.clone())
+            .push_bind(e.jti.clone())
+            .push_bind(e.detail.clone())
+            .push_bind(r.prev_hash.clone())
+            .push_bind(r.hash.clone());
+    });
+    insert
+}
+
 /// How the audit anchor (seq, hash) is kept in `meta`: `"<seq>:<hash>"`.
 pub(crate) fn format_anchor(seq: i64, hash: &str) -> String {
     format!("{seq}:{hash}")

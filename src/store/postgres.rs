@@ -32,8 +32,11 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{Postgres, Row, SqlSafeStr, Transaction};
 use tokio::sync::Notify;
 
-use super::{Applied, Change, LIFECYCLE_LEASE, Store, StoreError, StoredKey};
-use crate::audit::{AuditEntry, AuditRecord, GENESIS_HASH, chain_hash};
+use super::{
+    AUDIT_COLUMNS, AUDIT_ROWS_PER_INSERT, Applied, Change, LIFECYCLE_LEASE, Store, StoreError,
+    StoredKey, audit_insert,
+};
+use crate::audit::{self, AuditEntry, AuditRecord};
 use crate::types::{Alg, KeyState, Kid, SetName};
 
 /// The channel every committed key change notifies.
@@ -582,8 +585,6 @@ fn audit_from_row(row: &PgRow) -> Result<AuditRecord, StoreError> {
     })
 }
 
-const AUDIT_COLUMNS: &str = "seq, at, action, outcome, uid, gid, pid, exe, client_id, audience, kid, jti, detail, prev_hash, hash";
-
 #[async_trait]
 impl Store for PostgresStore {
     async fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
@@ -671,42 +672,19 @@ impl Store for PostgresStore {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(backend)?;
-        let (mut seq, mut prev) = last.unwrap_or((0, GENESIS_HASH.to_owned()));
-        let mut out = Vec::with_capacity(entries.len());
-        let sql = format!(
-            "INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
-        );
-        for e in entries {
-            seq += 1;
-            let hash = chain_hash(&prev, seq, e);
-            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(seq)
-                .bind(e.at)
-                .bind(&e.action)
-                .bind(&e.outcome)
-                .bind(e.uid.map(i64::from))
-                .bind(e.gid.map(i64::from))
-                .bind(e.pid.map(i64::from))
-                .bind(&e.exe)
-                .bind(&e.client_id)
-                .bind(&e.audience)
-                .bind(&e.kid)
-                .bind(&e.jti)
-                .bind(&e.detail)
-                .bind(&prev)
-                .bind(&hash)
+        let records = audit::chain_after(last, entries);
+        for chunk in records.chunks(AUDIT_ROWS_PER_INSERT) {
+            // One statement text per batch size: under steady load the
+            // sizes repeat, and sqlx's per-connection statement cache keeps
+            // them prepared.
+            audit_insert(chunk)
+                .build()
                 .execute(&mut *tx)
                 .await
                 .map_err(backend)?;
-            out.push(AuditRecord {
-                seq,
-                entry: e.clone(),
-                prev_hash: std::mem::replace(&mut prev, hash.clone()),
-                hash,
-            });
         }
         tx.commit().await.map_err(backend)?;
-        Ok(out)
+        Ok(records)
     }
 
     async fn audit_tail(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
