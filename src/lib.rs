@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod auditor;
+pub mod background;
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::background;
 use crate::clock::Clock;
 use crate::jose::{Jwk, thumbprint};
 use crate::keys::{self, GeneratedKey, KeyError};
@@ -22,7 +23,8 @@ use crate::types::{Alg, KeyState, Kid, SetName};
 /// simulate` uses a source of public-only stand-ins, since a simulated year
 /// of rotations needs kids and JWKS entries, never a signature.
 pub trait KeySource: Send + Sync + 'static {
-    /// Generates one key pair. Blocking: called on a blocking thread.
+    /// Generates one key pair. Blocking: called on a low-priority thread of
+    /// its own (`background::run_low_priority`).
     fn generate(&self, alg: Alg, rsa_bits: u32) -> Result<GeneratedKey, KeyError>;
 }
 
@@ -343,9 +345,12 @@ impl Scheduler {
     ) -> Result<Option<Kid>, LifecycleError> {
         let keygen = self.keygen.clone();
         let bits = policy.rsa_bits;
-        let generated = tokio::task::spawn_blocking(move || keygen.generate(alg, bits))
-            .await
-            .map_err(|e| LifecycleError::Join(e.to_string()))??;
+        // Off the runtime and below the signing threads' priority: see
+        // `background` for why and what it measured.
+        let generated =
+            background::run_low_priority("jwksd-keygen", move || keygen.generate(alg, bits))
+                .await
+                .map_err(|e| LifecycleError::Join(e.to_string()))??;
         let kid = Kid::build(&policy.name, alg, version, &thumbprint(&generated.public));
         let jwk = Jwk::from_public(&kid, alg, &generated.public);
         let public_jwk =
