@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::AuditEntry;
@@ -38,6 +39,25 @@ pub enum AuditError {
 }
 
 type Job = (AuditEntry, oneshot::Sender<Result<(), AuditError>>);
+
+/// What the writer measures: each signature waits for one batch's write,
+/// so these two explain the signing latency an operator sees.
+#[derive(Clone)]
+pub struct AuditMetrics {
+    /// Time to make one batch durable (store transaction, or spool fsync).
+    pub write_seconds: Histogram,
+    /// Entries per batch (how many requests shared one fsync).
+    pub batch_entries: Histogram,
+}
+
+impl Default for AuditMetrics {
+    fn default() -> Self {
+        AuditMetrics {
+            write_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+        }
+    }
+}
 
 /// What this process knows of the chain's end: the newest record it wrote
 /// (seq, hash), and whether it ever saw the chain shrink under it.
@@ -64,10 +84,17 @@ impl Auditor {
     pub fn start(
         store: Arc<dyn Store>,
         spool: Option<PathBuf>,
+        metrics: AuditMetrics,
     ) -> (Auditor, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let head: Head = Arc::default();
-        let task = tokio::spawn(write_loop(store, Spool { path: spool }, rx, head.clone()));
+        let task = tokio::spawn(write_loop(
+            store,
+            Spool { path: spool },
+            rx,
+            head.clone(),
+            metrics,
+        ));
         (Auditor { tx, head }, task)
     }
 
@@ -175,7 +202,13 @@ impl Spool {
     }
 }
 
-async fn write_loop(store: Arc<dyn Store>, spool: Spool, mut rx: mpsc::Receiver<Job>, head: Head) {
+async fn write_loop(
+    store: Arc<dyn Store>,
+    spool: Spool,
+    mut rx: mpsc::Receiver<Job>,
+    head: Head,
+    metrics: AuditMetrics,
+) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     // After a failed write the store is not tried again on the request path
     // until this instant: a locked SQLite file fails only after its busy
@@ -201,7 +234,8 @@ async fn write_loop(store: Arc<dyn Store>, spool: Spool, mut rx: mpsc::Receiver<
         if received == 0 {
             break;
         }
-        let entries: Vec<AuditEntry> = batch.iter().map(|(e, _)| e.clone()).collect();
+        let started = std::time::Instant::now();
+        let (entries, waiters): (Vec<AuditEntry>, Vec<_>) = batch.drain(..).unzip();
         // Older spooled entries go first, or the chain would be out of order.
         let result = if store_down_until.is_some_and(|t| std::time::Instant::now() < t) {
             spool_or_fail(&spool, &entries, "store down, retried every 2 s")
@@ -238,7 +272,11 @@ async fn write_loop(store: Arc<dyn Store>, spool: Spool, mut rx: mpsc::Receiver<
             store_down_until = retry_later();
             spool_or_fail(&spool, &entries, "store down, older entries still spooled")
         };
-        for (_, done) in batch.drain(..) {
+        metrics
+            .write_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics.batch_entries.observe(entries.len() as f64);
+        for done in waiters {
             let _ = done.send(result.clone());
         }
     }

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::policy::Policies;
 use crate::scheduler::{KeySource, Scheduler};
 use crate::seal::MasterKey;
+use crate::signing_pool::SigningPool;
 use crate::store::Store;
 use crate::types::SetName;
 
@@ -43,8 +44,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// `server.public_url` without a trailing `/`.
     pub public_url: String,
-    /// Concurrent signatures: one per core (see `socket::assertions`).
-    pub sign_permits: Semaphore,
+    /// The RSA signing threads, one per core (see `signing_pool`).
+    pub signers: SigningPool,
     /// Per-caller bounds from the policies' `[[callers]]`.
     pub caller_limits: crate::socket::CallerLimits,
 }
@@ -118,7 +119,12 @@ pub async fn run(
         .store
         .bind_master_key(&parts.master.fingerprint())
         .await?;
-    let (auditor, audit_task) = Auditor::start(parts.store.clone(), parts.audit_spool.clone());
+    let metrics = Metrics::default();
+    let (auditor, audit_task) = Auditor::start(
+        parts.store.clone(),
+        parts.audit_spool.clone(),
+        metrics.audit.clone(),
+    );
     let policies = Arc::new(RwLock::new(Arc::new(parts.policies)));
     let scheduler = Scheduler::new(
         parts.store.clone(),
@@ -134,9 +140,9 @@ pub async fn run(
         store: parts.store,
         master: parts.master,
         auditor,
-        metrics: Metrics::default(),
+        metrics,
         public_url: parts.public_url.trim_end_matches('/').to_owned(),
-        sign_permits: Semaphore::new(cores),
+        signers: SigningPool::start(cores)?,
         caller_limits: crate::socket::CallerLimits::default(),
     });
     // Existing keys are served at once; a first start serves 503 until the

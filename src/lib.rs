@@ -29,6 +29,7 @@ pub mod reseal;
 pub mod scheduler;
 pub mod seal;
 pub mod secret;
+pub mod signing_pool;
 pub mod simulate;
 pub mod socket;
 pub mod store;

@@ -10,6 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::auditor::AuditMetrics;
 use crate::daemon::Shared;
 use crate::types::KeyState;
 
@@ -48,6 +49,8 @@ pub struct Metrics {
     pub store_errors: Counter,
     /// 1 on the replica that runs lifecycle transitions.
     pub leader: Gauge,
+    /// The audit writer's batches (handed to it at start).
+    pub audit: AuditMetrics,
     key_age: Family<SlotLabels, Gauge>,
     next_transition: Family<SlotLabels, Gauge>,
 }
@@ -103,6 +106,17 @@ impl Default for Metrics {
             "1 where this replica runs lifecycle transitions",
             leader.clone(),
         );
+        let audit = AuditMetrics::default();
+        registry.register(
+            "jwksd_audit_write_seconds",
+            "Time to make one batch of audit records durable",
+            audit.write_seconds.clone(),
+        );
+        registry.register(
+            "jwksd_audit_batch_entries",
+            "Audit records per durable write (requests sharing one fsync)",
+            audit.batch_entries.clone(),
+        );
         let key_age = Family::<SlotLabels, Gauge>::default();
         registry.register(
             "jwksd_active_key_age_seconds",
@@ -125,6 +139,7 @@ impl Default for Metrics {
             transition_failures,
             store_errors,
             leader,
+            audit,
             key_age,
             next_transition,
         }

@@ -39,6 +39,8 @@ async fn every_documented_metric_is_exported_and_moves_with_its_event() {
         "jwksd_leader",
         "jwksd_active_key_age_seconds",
         "jwksd_next_transition_seconds",
+        "jwksd_audit_write_seconds",
+        "jwksd_audit_batch_entries",
     ] {
         let base = name.trim_end_matches("_total");
         assert!(
@@ -81,6 +83,20 @@ async fn every_documented_metric_is_exported_and_moves_with_its_event() {
     assert_eq!(
         sample(&after, "jwksd_sign_seconds_count") - sample(&before, "jwksd_sign_seconds_count"),
         3.0
+    );
+    // The three requests were audited: at least one durable write carried
+    // their three records (they may have shared it).
+    assert!(
+        sample(&after, "jwksd_audit_write_seconds_count")
+            - sample(&before, "jwksd_audit_write_seconds_count")
+            >= 1.0,
+        "{after}"
+    );
+    assert!(
+        sample(&after, "jwksd_audit_batch_entries_sum")
+            - sample(&before, "jwksd_audit_batch_entries_sum")
+            >= 3.0,
+        "{after}"
     );
     assert!(
         sample(&after, "jwksd_jwks_requests_total") - sample(&before, "jwksd_jwks_requests_total")

@@ -227,18 +227,23 @@ async fn sign(
         exp: now + lifetime as i64,
         jti: jti.clone(),
     };
-    // RSA signing takes milliseconds of CPU: it runs on the blocking pool,
-    // at most one per core at a time, so the runtime keeps answering.
-    let _permit = shared
-        .sign_permits
-        .acquire()
-        .await
-        .map_err(ApiError::internal)?;
-    let assertion = tokio::task::spawn_blocking(move || {
-        encode_jws(&header, &claims, |input| signer.sign(input))
-    })
-    .await
-    .map_err(ApiError::internal)?
+    let assertion = match alg {
+        // A P-384 signature is ~70 µs of CPU, about what handing it to
+        // another thread and waking this task again costs in futex calls
+        // and context switches. It runs here, on the runtime thread (one
+        // per core, so still at most one signature per core at once):
+        // measured on 2 cores with 64 clients, ES384 went from 6.4k to 10k
+        // signatures/s when the hop to the blocking pool was removed.
+        Alg::Es384 => encode_jws(&header, &claims, |input| signer.sign(input)),
+        // An RSA-4096 signature takes milliseconds: it runs on the signing
+        // threads, one per core, so the runtime keeps answering (JWKS,
+        // other callers) meanwhile.
+        Alg::Rs384 => shared
+            .signers
+            .run(move || encode_jws(&header, &claims, |input| signer.sign(input)))
+            .await
+            .map_err(ApiError::internal)?,
+    }
     .map_err(ApiError::internal)?;
     Ok(AssertionAnswer {
         assertion,
