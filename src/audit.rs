@@ -214,7 +214,10 @@ mod tests {
         let every_byte: Vec<u8> = (0..=255).collect();
         let by_format: String = every_byte.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex(&every_byte), by_format);
-        assert_eq!(chain_hash(GENESIS_HASH, 1, &AuditEntry::default()).len(), 64);
+        assert_eq!(
+            chain_hash(GENESIS_HASH, 1, &AuditEntry::default()).len(),
+            64
+        );
     }
 
     #[test]

@@ -729,7 +729,8 @@ async fn a_batch_longer_than_one_insert_statement_is_one_chain_with_every_field(
             e.exe = Some(format!("/usr/bin/app-{n}"));
             e.audience = Some("https://ehr.example.com/oauth2/token".into());
             e.kid = Some(format!("default-es384-v{n}-abcdefgh"));
-            e.detail = (n % 3 == 0).then(|| format!("refused: reason {n} with 'quotes' and \"double\""));
+            e.detail =
+                (n % 3 == 0).then(|| format!("refused: reason {n} with 'quotes' and \"double\""));
             e
         })
         .collect();
