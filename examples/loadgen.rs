@@ -276,8 +276,40 @@ async fn sign(
     let t0 = Instant::now() + Duration::from_millis(50);
     let count_from = t0 + Duration::from_secs_f64(warmup);
     let end = count_from + Duration::from_secs_f64(secs);
+    // Open loop: request n is due at t0 + n / rate on connection n % conns,
+    // whether or not earlier answers were late, and its latency counts from
+    // that instant (no coordinated omission). The due times come from a
+    // pacer thread sleeping with the kernel's high-resolution timer: tokio's
+    // timer wheel rounds every sleep up to the next millisecond, which would
+    // add up to 1 ms of the client's own lateness to every latency.
+    let mut pacing = Vec::with_capacity(conns);
+    let mut schedules = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+        pacing.push(tx);
+        schedules.push(rx);
+    }
+    // Not joined: it stops by itself at `end`, or at the first closed
+    // connection.
+    let _pacer = rate.map(|r| {
+        std::thread::spawn(move || {
+            for n in 0u64.. {
+                let at = t0 + Duration::from_secs_f64(n as f64 / r);
+                if at >= end {
+                    break;
+                }
+                let now = Instant::now();
+                if at > now {
+                    std::thread::sleep(at - now);
+                }
+                if pacing[(n % pacing.len() as u64) as usize].send(at).is_err() {
+                    break;
+                }
+            }
+        })
+    });
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..conns {
+    for mut schedule in schedules {
         let (socket, head, body) = (socket.clone(), head.clone(), body.clone());
         tasks.spawn(async move {
             let mut lat: Vec<u32> = Vec::new();
@@ -286,24 +318,18 @@ async fn sign(
                 Ok(c) => c,
                 Err(_) => return (lat, ok, 1u64),
             };
-            let mut k: u64 = 0;
+            tokio::time::sleep_until(t0.into()).await;
             loop {
-                // Open loop: request number k of connection i is due at
-                // t0 + (k * conns + i) / rate, whether or not the previous
-                // answer was late.
                 let due = match rate {
-                    Some(r) => {
-                        let at =
-                            t0 + Duration::from_secs_f64((k * conns as u64 + i as u64) as f64 / r);
-                        tokio::time::sleep_until(at.into()).await;
-                        at
-                    }
+                    Some(_) => match schedule.recv().await {
+                        Some(at) => at,
+                        None => break,
+                    },
                     None => Instant::now(),
                 };
                 if due >= end {
                     break;
                 }
-                k += 1;
                 let status = conn.request(&head, &body).await;
                 let done = Instant::now();
                 if due < count_from {
