@@ -33,6 +33,7 @@
 
 mod postgres;
 mod sqlite;
+mod sqlite_audit;
 
 use std::sync::Arc;
 

@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 
 use super::{
     AUDIT_COLUMNS, AUDIT_ROWS_PER_INSERT, Applied, Change, LIFECYCLE_LEASE, Store, StoreError,
-    StoredKey, audit_insert,
+    StoredKey, audit_insert, sqlite_audit::AuditAppender,
 };
 use crate::audit::{self, AuditEntry, AuditRecord};
 use crate::types::{Alg, KeyState, Kid, SetName};
@@ -70,6 +70,10 @@ const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGE
 pub struct SqliteStore {
     pool: SqlitePool,
     changes: Arc<Notify>,
+    /// Appends audit batches on its own connection and thread (see
+    /// `sqlite_audit.rs`); `None` for an in-memory or read-only store,
+    /// which append through the pool.
+    audit: Option<Arc<AuditAppender>>,
 }
 
 impl SqliteStore {
@@ -103,7 +107,9 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(backend)?;
-        SqliteStore::migrated(pool).await
+        let mut store = SqliteStore::migrated(pool).await?;
+        store.audit = Some(Arc::new(AuditAppender::start(path)?));
+        Ok(store)
     }
 
     /// Applies pending migrations to `pool` and wraps it.
@@ -115,6 +121,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             pool,
             changes: Arc::new(Notify::new()),
+            audit: None,
         })
     }
 
@@ -139,6 +146,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             pool,
             changes: Arc::new(Notify::new()),
+            audit: None,
         })
     }
 
@@ -562,6 +570,9 @@ impl Store for SqliteStore {
     async fn append_audit(&self, entries: &[AuditEntry]) -> Result<Vec<AuditRecord>, StoreError> {
         if entries.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(appender) = &self.audit {
+            return appender.append(entries).await;
         }
         let mut tx = self.write_tx().await?;
         let last: Option<(i64, String)> =
