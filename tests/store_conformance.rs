@@ -1039,3 +1039,68 @@ async fn live_keys_are_the_keys_that_can_change_plus_the_newest_per_alg(db: &Db)
     }
     assert_eq!(all.len(), 5);
 }
+
+/// SQLite only: an erased private half leaves no copy in the database's
+/// files (main file, WAL, shared memory), also while the audit appender,
+/// on its own connection, keeps committing batches around the erasure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_an_erased_private_half_leaves_no_copy_in_the_files_while_audit_batches_commit() {
+    let db = Db::sqlite();
+    let Db::Sqlite { path, .. } = &db else {
+        unreachable!("Db::sqlite() is a SQLite database")
+    };
+    let files = |path: &PathBuf| {
+        let mut all = Vec::new();
+        for suffix in ["", "-wal", "-shm"] {
+            if let Ok(b) = std::fs::read(format!("{}{suffix}", path.display())) {
+                all.extend(b);
+            }
+        }
+        all
+    };
+    let holds =
+        |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
+    let s = db.open().await;
+    let marker: Vec<u8> = b"sealed-private-half-marker-0123456789-"
+        .iter()
+        .copied()
+        .cycle()
+        .take(96)
+        .collect();
+    let mut v1 = key(RS, 1, KeyState::Active, Some(0));
+    v1.emergency = true;
+    v1.sealed_private = Some(marker.clone());
+    assert!(is_done(&apply(&s, Change::Insert(v1)).await));
+    assert!(is_done(
+        &apply(&s, Change::Insert(key(RS, 2, KeyState::Pending, Some(100)))).await
+    ));
+    assert!(
+        holds(&files(path), &marker),
+        "the marker is not in the files before the erasure: this test would prove nothing"
+    );
+    let appending = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            for n in 0..400 {
+                s.append_audit(&[audit_entry(n, 0), audit_entry(n, 1)])
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // v2 activates; v1 leaves `active` and its private half is erased.
+    assert_eq!(
+        apply(&s, activate(2, 100, false)).await,
+        done(Some(kid(RS, 2)), Some(kid(RS, 1)))
+    );
+    assert_eq!(get(&s, &kid(RS, 1)).await.sealed_private, None);
+    appending.await.unwrap();
+    assert!(
+        !holds(&files(path), &marker),
+        "an erased private half is still in the database files"
+    );
+    let chain = s.audit_all().await.unwrap();
+    assert_eq!(audit::verify_chain(GENESIS_HASH, &chain), Ok(800));
+}
