@@ -151,9 +151,10 @@ impl SqliteStore {
     }
 
     /// Copies the WAL into the main file and truncates it, so that page
-    /// images of erased rows do not survive there. Best effort: a busy
-    /// reader only delays it to the next erasure or to SQLite's own
-    /// checkpoints.
+    /// images of erased rows do not survive there. A busy answer (a reader
+    /// on an old snapshot, or the audit appender's own checkpoint running)
+    /// is retried for about two seconds, then logged: the images stay in
+    /// the WAL until it is next truncated, and the operator should know.
     async fn truncate_wal(&self) {
         // `TRUNCATE` holds every writer off while it copies, and the audit
         // appender writes all the time under load: a `PASSIVE` pass first
@@ -161,12 +162,34 @@ impl SqliteStore {
         // has the last few frames to copy. (Measured together with the
         // audit appender: ES384 p99 at 5,500/s during a rotation that erased
         // an RSA key went from 18-46 ms to 5-14 ms.)
-        for sql in [
-            "PRAGMA wal_checkpoint(PASSIVE)",
-            "PRAGMA wal_checkpoint(TRUNCATE)",
-        ] {
-            let _ = sqlx::query(sql).execute(&self.pool).await;
-        }
+        let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&self.pool)
+            .await;
+        // Retried for about two seconds after the first try; one try may
+        // itself wait up to the busy timeout for readers to move on.
+        let give_up = std::time::Instant::now() + Duration::from_secs(2);
+        let mut pause = Duration::from_millis(10);
+        let last = loop {
+            // Columns: busy (1 when it could not finish), WAL frames,
+            // frames copied.
+            let why = match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&self.pool)
+                .await
+            {
+                Ok((0, _, _)) => return,
+                Ok(_) => "busy".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            if std::time::Instant::now() >= give_up {
+                break why;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        };
+        tracing::warn!(
+            reason = %last,
+            "the WAL could not be truncated after a private half was erased; its old page images stay in the -wal file until the next truncation"
+        );
     }
 
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {

@@ -11,8 +11,11 @@
 //! (0.07 ms with the store on tmpfs), and a single ES384 request went from
 //! 0.47 to 0.37 ms.
 //!
-//! Checkpoints stay SQLite's own (after the commit that takes the WAL past
-//! 1,000 pages, in the committing connection: here, between two batches).
+//! Checkpoints stay SQLite's own: the commit that takes the WAL past 1,000
+//! pages also copies it into the main file, so that one batch (every few
+//! seconds under load) waits for the copy and its fsync. Moving that past
+//! the batch's answer (a WAL hook, then a checkpoint after `done.send`)
+//! would spare that batch only; the next ones would still queue behind it.
 //! A checkpointer thread beside it was measured and dropped: under steady
 //! signing a `PASSIVE` checkpoint never catches up with the appender, so
 //! the WAL is never started over and grew by 150 MB in 12 s, and adding a
@@ -90,6 +93,11 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
 /// own timeout sleeps 1, 2, 5, 10 ... up to 100 ms between tries, so a lock
 /// held for a millisecond (a key change's commit) cost a waiting batch, and
 /// every signature in it, tens of milliseconds.
+///
+/// The pool's writers keep SQLite's timeout (sqlx sets no other), so under
+/// peak signing they take the lock in the gaps between batches, as they
+/// did when the batches went through the pool: measured at 12,400 ES384/s,
+/// `keys rotate --now` took 57-137 ms end to end.
 fn retry_soon(attempt: i32) -> bool {
     const SHORT: i32 = 1_000;
     const LONG: i32 = 990;
@@ -105,23 +113,47 @@ fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// Whether a failed batch says nothing against the connection itself: the
+/// lock stayed taken past the busy handler. Any other failure (I/O error,
+/// full disk, a file replaced under us) gets a fresh connection for the
+/// next batch; opening one costs a fraction of a millisecond.
+fn keeps_connection(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 /// The appender thread: one batch at a time, in arrival order.
 fn append_loop(path: &Path, jobs: &mpsc::Receiver<Job>) {
     let mut conn: Option<Connection> = None;
     while let Ok((entries, done)) = jobs.recv() {
-        let result = match conn.as_mut() {
-            Some(c) => append(c, &entries),
-            None => match connect(path) {
-                Ok(c) => append(conn.insert(c), &entries),
-                Err(e) => Err(backend(e)),
-            },
+        // A panic must not end the thread: every later batch would fail
+        // until a restart. The connection it held is not reused.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut c = match conn.take() {
+                Some(c) => c,
+                None => connect(path)?,
+            };
+            let result = append(&mut c, &entries);
+            // A failed batch is rolled back when its transaction drops; the
+            // connection is kept only when that left it outside a
+            // transaction and the failure was the lock's, not its own.
+            let reusable = match &result {
+                Ok(_) => true,
+                Err(e) => keeps_connection(e) && c.is_autocommit(),
+            };
+            if reusable {
+                conn = Some(c);
+            }
+            result
+        }));
+        let result = match outcome {
+            Ok(result) => result.map_err(backend),
+            Err(_) => Err(StoreError::Backend(
+                "the audit appender panicked; the batch was not written".into(),
+            )),
         };
-        // A failed batch (disk full, I/O error, lock timeout) is rolled
-        // back when its transaction drops; a connection that is still
-        // inside a transaction after that is not trusted again.
-        if result.is_err() && conn.as_ref().is_some_and(|c| !c.is_autocommit()) {
-            conn = None;
-        }
         // The waiter may have given up (daemon shutting down): the batch is
         // in the chain all the same.
         let _ = done.send(result);
@@ -138,47 +170,42 @@ static INSERT_ONE: LazyLock<String> = LazyLock::new(|| {
 /// One batch: the chain's tail is read inside the write transaction
 /// (`BEGIN IMMEDIATE`), so no other writer can append between the read and
 /// the insert.
-fn append(conn: &mut Connection, entries: &[AuditEntry]) -> Result<Vec<AuditRecord>, StoreError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(backend)?;
+fn append(conn: &mut Connection, entries: &[AuditEntry]) -> rusqlite::Result<Vec<AuditRecord>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let last: Option<(i64, String)> = tx
         .query_row(
             "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
             [],
             |row| Ok((row.get(0)?, row.get(1)?)),
         )
-        .optional()
-        .map_err(backend)?;
+        .optional()?;
     let records = audit::chain_after(last, entries);
     {
         // In-process SQLite: one prepared single-row statement per record
         // costs microseconds, and keeps one statement text for every batch
         // size.
-        let mut insert = tx.prepare_cached(&INSERT_ONE).map_err(backend)?;
+        let mut insert = tx.prepare_cached(&INSERT_ONE)?;
         for r in &records {
             let e = &r.entry;
-            insert
-                .execute(params![
-                    r.seq,
-                    e.at,
-                    e.action,
-                    e.outcome,
-                    e.uid,
-                    e.gid,
-                    e.pid,
-                    e.exe,
-                    e.client_id,
-                    e.audience,
-                    e.kid,
-                    e.jti,
-                    e.detail,
-                    r.prev_hash,
-                    r.hash,
-                ])
-                .map_err(backend)?;
+            insert.execute(params![
+                r.seq,
+                e.at,
+                e.action,
+                e.outcome,
+                e.uid,
+                e.gid,
+                e.pid,
+                e.exe,
+                e.client_id,
+                e.audience,
+                e.kid,
+                e.jti,
+                e.detail,
+                r.prev_hash,
+                r.hash,
+            ])?;
         }
     }
-    tx.commit().map_err(backend)?;
+    tx.commit()?;
     Ok(records)
 }
