@@ -270,6 +270,10 @@ fn live_keys_sql(columns: &str) -> String {
 }
 
 /// The audit table's columns, in the order [`audit_insert`] binds them.
+/// The chain's newest record (seq, hash), read under the write lock
+/// before a batch is appended; the same text for every store.
+pub(crate) const AUDIT_TAIL: &str = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1";
+
 pub(crate) const AUDIT_COLUMNS: &str = "seq, at, action, outcome, uid, gid, pid, exe, client_id, audience, kid, jti, detail, prev_hash, hash";
 
 /// Rows per audit INSERT: 15 binds a row keeps a statement under SQLite's

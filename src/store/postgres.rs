@@ -33,8 +33,8 @@ use sqlx::{Postgres, Row, SqlSafeStr, Transaction};
 use tokio::sync::Notify;
 
 use super::{
-    AUDIT_COLUMNS, AUDIT_ROWS_PER_INSERT, Applied, Change, LIFECYCLE_LEASE, Store, StoreError,
-    StoredKey, audit_insert,
+    AUDIT_COLUMNS, AUDIT_ROWS_PER_INSERT, AUDIT_TAIL, Applied, Change, LIFECYCLE_LEASE, Store,
+    StoreError, StoredKey, audit_insert,
 };
 use crate::audit::{self, AuditEntry, AuditRecord};
 use crate::types::{Alg, KeyState, Kid, SetName};
@@ -667,11 +667,10 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        let last: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?;
+        let last: Option<(i64, String)> = sqlx::query_as(AUDIT_TAIL)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
         let records = audit::chain_after(last, entries);
         for chunk in records.chunks(AUDIT_ROWS_PER_INSERT) {
             // One statement text per batch size: under steady load the

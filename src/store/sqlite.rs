@@ -26,8 +26,8 @@ use sqlx::{Row, SqlSafeStr, Sqlite, Transaction};
 use tokio::sync::Notify;
 
 use super::{
-    AUDIT_COLUMNS, AUDIT_ROWS_PER_INSERT, Applied, Change, LIFECYCLE_LEASE, Store, StoreError,
-    StoredKey, audit_insert, sqlite_audit::AuditAppender,
+    AUDIT_COLUMNS, AUDIT_ROWS_PER_INSERT, AUDIT_TAIL, Applied, Change, LIFECYCLE_LEASE, Store,
+    StoreError, StoredKey, audit_insert, sqlite_audit::AuditAppender,
 };
 use crate::audit::{self, AuditEntry, AuditRecord};
 use crate::types::{Alg, KeyState, Kid, SetName};
@@ -614,11 +614,10 @@ impl Store for SqliteStore {
             return appender.append(entries).await;
         }
         let mut tx = self.write_tx().await?;
-        let last: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?;
+        let last: Option<(i64, String)> = sqlx::query_as(AUDIT_TAIL)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
         let records = audit::chain_after(last, entries);
         for chunk in records.chunks(AUDIT_ROWS_PER_INSERT) {
             // One statement text per batch size: under steady load the

@@ -30,7 +30,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::{AUDIT_COLUMNS, StoreError};
+use super::{AUDIT_COLUMNS, AUDIT_TAIL, StoreError};
 use crate::audit::{self, AuditEntry, AuditRecord};
 
 type Job = (
@@ -173,11 +173,7 @@ static INSERT_ONE: LazyLock<String> = LazyLock::new(|| {
 fn append(conn: &mut Connection, entries: &[AuditEntry]) -> rusqlite::Result<Vec<AuditRecord>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let last: Option<(i64, String)> = tx
-        .query_row(
-            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-            [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
+        .query_row(AUDIT_TAIL, [], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
     let records = audit::chain_after(last, entries);
     {
