@@ -280,12 +280,50 @@ pub(crate) const AUDIT_COLUMNS: &str = "seq, at, action, outcome, uid, gid, pid,
 /// 32,766 and PostgreSQL's 65,535 bind parameters.
 pub(crate) const AUDIT_ROWS_PER_INSERT: usize = 1000;
 
+/// Appends `entries` to the chain inside the caller's write transaction
+/// (which already holds the store's append lock: `BEGIN IMMEDIATE` on
+/// SQLite, `LOCK TABLE audit` on PostgreSQL), so the tail it reads is the
+/// true one and the chain never forks. Both stores' pool paths share it;
+/// only the lock differs between the dialects.
+pub(crate) async fn append_audit_in<DB>(
+    conn: &mut DB::Connection,
+    entries: &[AuditEntry],
+) -> Result<Vec<AuditRecord>, StoreError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    (i64, String): for<'r> sqlx::FromRow<'r, DB::Row>,
+    <DB as sqlx::Database>::Arguments: Default + sqlx::IntoArguments<DB>,
+    i64: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    Option<i64>: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    String: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    Option<String>: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    let backend = |e: sqlx::Error| StoreError::Backend(e.to_string());
+    let last: Option<(i64, String)> = sqlx::query_as(AUDIT_TAIL)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(backend)?;
+    let records = crate::audit::chain_after(last, entries);
+    for chunk in records.chunks(AUDIT_ROWS_PER_INSERT) {
+        // One statement text per batch size: under steady load the sizes
+        // repeat, and sqlx's per-connection statement cache keeps them
+        // prepared.
+        audit_insert(chunk)
+            .build()
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+    }
+    Ok(records)
+}
+
 /// One multi-row `INSERT` of `records` (at most [`AUDIT_ROWS_PER_INSERT`]).
 /// A group commit carries up to hundreds of signatures' records; one
 /// statement per record cost one round trip each (to sqlx's SQLite worker
 /// thread, or over the PostgreSQL socket), which made the batch, and so
 /// every waiting signature, slower than its fsync.
-pub(crate) fn audit_insert<DB>(records: &[AuditRecord]) -> sqlx::QueryBuilder<DB>
+fn audit_insert<DB>(records: &[AuditRecord]) -> sqlx::QueryBuilder<DB>
 where
     DB: sqlx::Database,
     <DB as sqlx::Database>::Arguments: Default,

@@ -33,10 +33,9 @@ use sqlx::{Postgres, Row, SqlSafeStr, Transaction};
 use tokio::sync::Notify;
 
 use super::{
-    AUDIT_COLUMNS, AUDIT_ROWS_PER_INSERT, AUDIT_TAIL, Applied, Change, LIFECYCLE_LEASE, Store,
-    StoreError, StoredKey, audit_insert,
+    AUDIT_COLUMNS, Applied, Change, LIFECYCLE_LEASE, Store, StoreError, StoredKey, append_audit_in,
 };
-use crate::audit::{self, AuditEntry, AuditRecord};
+use crate::audit::{AuditEntry, AuditRecord};
 use crate::types::{Alg, KeyState, Kid, SetName};
 
 /// The channel every committed key change notifies.
@@ -667,21 +666,7 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        let last: Option<(i64, String)> = sqlx::query_as(AUDIT_TAIL)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?;
-        let records = audit::chain_after(last, entries);
-        for chunk in records.chunks(AUDIT_ROWS_PER_INSERT) {
-            // One statement text per batch size: under steady load the
-            // sizes repeat, and sqlx's per-connection statement cache keeps
-            // them prepared.
-            audit_insert(chunk)
-                .build()
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
+        let records = append_audit_in::<Postgres>(&mut tx, entries).await?;
         tx.commit().await.map_err(backend)?;
         Ok(records)
     }

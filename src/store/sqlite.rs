@@ -26,10 +26,10 @@ use sqlx::{Row, SqlSafeStr, Sqlite, Transaction};
 use tokio::sync::Notify;
 
 use super::{
-    AUDIT_COLUMNS, AUDIT_ROWS_PER_INSERT, AUDIT_TAIL, Applied, Change, LIFECYCLE_LEASE, Store,
-    StoreError, StoredKey, audit_insert, sqlite_audit::AuditAppender,
+    AUDIT_COLUMNS, Applied, Change, LIFECYCLE_LEASE, Store, StoreError, StoredKey, append_audit_in,
+    sqlite_audit::AuditAppender,
 };
-use crate::audit::{self, AuditEntry, AuditRecord};
+use crate::audit::{AuditEntry, AuditRecord};
 use crate::types::{Alg, KeyState, Kid, SetName};
 
 /// Migrations are compiled into the binary: a deployed daemon never looks
@@ -614,21 +614,7 @@ impl Store for SqliteStore {
             return appender.append(entries).await;
         }
         let mut tx = self.write_tx().await?;
-        let last: Option<(i64, String)> = sqlx::query_as(AUDIT_TAIL)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?;
-        let records = audit::chain_after(last, entries);
-        for chunk in records.chunks(AUDIT_ROWS_PER_INSERT) {
-            // One statement text per batch size: under steady load the
-            // sizes repeat, and sqlx's per-connection statement cache keeps
-            // them prepared.
-            audit_insert(chunk)
-                .build()
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
+        let records = append_audit_in::<Sqlite>(&mut tx, entries).await?;
         tx.commit().await.map_err(backend)?;
         Ok(records)
     }
