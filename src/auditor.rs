@@ -8,10 +8,16 @@
 //! signing goes on; the spool is replayed into the chain, in order and before
 //! anything newer, as soon as the store answers again. Only when neither the
 //! store nor the spool can take an entry is the request refused.
+//!
+//! Group commit waits for siblings: while other signing requests are on a
+//! CPU, about to hand in their entries, the writer gives them up to
+//! `GATHER` to join the batch before it commits (PostgreSQL's
+//! `commit_delay` with `commit_siblings`). A lone request never waits.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -26,6 +32,20 @@ const MAX_BATCH: usize = 512;
 const QUEUE: usize = 4096;
 /// How often a non-empty spool is retried while no new entry arrives.
 const REPLAY_EVERY: Duration = Duration::from_secs(2);
+/// Longest a batch waits for entries that are on their way.
+///
+/// Why wait at all: a batch's commit costs about the same CPU whatever its
+/// size (on a 2-core VM, ~130 µs of kernel and SQLite time around its
+/// fsync), and without waiting a batch holds only what arrived during the
+/// previous commit: 4.7 entries on average at 9,000 ES384 signatures/s.
+/// Waiting for the requests being signed doubled that (9 entries) and
+/// raised ES384 throughput with 64 clients by 2-25 % (median ~10 %, on a
+/// noisy 2-core VM). The wait ends as soon as no sibling is left, so at
+/// moderate load it adds at most about one signature's time (~0.1 ms for
+/// ES384), and reaches this bound only when the siblings never run out.
+/// tokio's timer has millisecond resolution: such a batch commits 1-2 ms
+/// after its first entry was taken.
+const GATHER: Duration = Duration::from_millis(1);
 
 /// Why an entry could not be recorded.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -74,6 +94,48 @@ type Head = Arc<std::sync::Mutex<HeadState>>;
 pub struct Auditor {
     tx: mpsc::Sender<Job>,
     head: Head,
+    /// How many `Ticket`s are out: entries on their way to the writer.
+    on_the_way: Arc<AtomicUsize>,
+}
+
+/// A request that will hand in an audit entry soon (it is being checked
+/// and signed on a runtime thread now): batches wait for it, up to
+/// `GATHER`. Dropping it unused (a cancelled request) only ends the wait.
+pub struct Ticket<'a> {
+    auditor: &'a Auditor,
+}
+
+impl Ticket<'_> {
+    /// Appends `entry` and waits until it is durable; see `Auditor::record`.
+    pub async fn record(self, entry: AuditEntry) -> Result<(), AuditError> {
+        let auditor = self.auditor;
+        // Off the count before the entry is sent: the batch that takes it
+        // must not wait for it.
+        drop(self);
+        auditor.record(entry).await
+    }
+
+    /// Runs `work` with this request off the count: an RSA signature queued
+    /// for the signing threads can take milliseconds, and no batch should
+    /// wait for it. Back on the count when `work` is done (or dropped).
+    pub async fn away<T>(&mut self, work: impl std::future::Future<Output = T>) -> T {
+        struct Back<'a>(&'a AtomicUsize);
+        impl Drop for Back<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        let on_the_way = &self.auditor.on_the_way;
+        on_the_way.fetch_sub(1, Ordering::AcqRel);
+        let _back = Back(on_the_way);
+        work.await
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.auditor.on_the_way.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Auditor {
@@ -86,16 +148,45 @@ impl Auditor {
         spool: Option<PathBuf>,
         metrics: AuditMetrics,
     ) -> (Auditor, tokio::task::JoinHandle<()>) {
+        Self::start_gathering(store, spool, metrics, GATHER)
+    }
+
+    /// `start`, with batches waiting up to `gather` for tickets.
+    fn start_gathering(
+        store: Arc<dyn Store>,
+        spool: Option<PathBuf>,
+        metrics: AuditMetrics,
+        gather: Duration,
+    ) -> (Auditor, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let head: Head = Arc::default();
+        let on_the_way = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn(write_loop(
             store,
             Spool { path: spool },
-            rx,
+            Incoming {
+                rx,
+                on_the_way: on_the_way.clone(),
+                gather,
+            },
             head.clone(),
             metrics,
         ));
-        (Auditor { tx, head }, task)
+        (
+            Auditor {
+                tx,
+                head,
+                on_the_way,
+            },
+            task,
+        )
+    }
+
+    /// Says that this request will hand in an entry soon, so that batches
+    /// wait for it; see `Ticket`.
+    pub fn ticket(&self) -> Ticket<'_> {
+        self.on_the_way.fetch_add(1, Ordering::AcqRel);
+        Ticket { auditor: self }
     }
 
     /// The newest record this process wrote, if any: a chain in the store
@@ -202,10 +293,32 @@ impl Spool {
     }
 }
 
+/// The writer's end of the queue.
+struct Incoming {
+    rx: mpsc::Receiver<Job>,
+    on_the_way: Arc<AtomicUsize>,
+    gather: Duration,
+}
+
+impl Incoming {
+    /// Adds to `batch` the entries of requests still on their way, until
+    /// none is left, the batch is full, or `gather` has passed.
+    async fn gather(&mut self, batch: &mut Vec<Job>) {
+        let deadline = tokio::time::Instant::now() + self.gather;
+        while batch.len() < MAX_BATCH && self.on_the_way.load(Ordering::Acquire) > 0 {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(job)) => batch.push(job),
+                // Closed (shutting down) or out of time: commit what is here.
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+}
+
 async fn write_loop(
     store: Arc<dyn Store>,
     spool: Spool,
-    mut rx: mpsc::Receiver<Job>,
+    mut incoming: Incoming,
     head: Head,
     metrics: AuditMetrics,
 ) {
@@ -217,7 +330,9 @@ async fn write_loop(
     let retry_later = || Some(std::time::Instant::now() + REPLAY_EVERY);
     loop {
         let received = if spool.pending() {
-            match tokio::time::timeout(REPLAY_EVERY, rx.recv_many(&mut batch, MAX_BATCH)).await {
+            match tokio::time::timeout(REPLAY_EVERY, incoming.rx.recv_many(&mut batch, MAX_BATCH))
+                .await
+            {
                 Ok(n) => n,
                 Err(_) => {
                     store_down_until = if spool.replay(store.as_ref()).await {
@@ -229,11 +344,12 @@ async fn write_loop(
                 }
             }
         } else {
-            rx.recv_many(&mut batch, MAX_BATCH).await
+            incoming.rx.recv_many(&mut batch, MAX_BATCH).await
         };
         if received == 0 {
             break;
         }
+        incoming.gather(&mut batch).await;
         let started = std::time::Instant::now();
         let (entries, waiters): (Vec<AuditEntry>, Vec<_>) = batch.drain(..).unzip();
         // Older spooled entries go first, or the chain would be out of order.
@@ -270,7 +386,11 @@ async fn write_loop(
             }
         } else {
             store_down_until = retry_later();
-            spool_or_fail(&spool, &entries, "store down, older entries still spooled")
+            spool_or_fail(
+                &mut spool,
+                &entries,
+                "store down, older entries still spooled",
+            )
         };
         metrics
             .write_seconds
@@ -293,5 +413,126 @@ fn spool_or_fail(spool: &Spool, entries: &[AuditEntry], why: &str) -> Result<(),
             tracing::error!(reason = %why, spool = %spool_err, entries = entries.len(), "audit entries could not be written anywhere");
             Err(AuditError::Store(format!("{why}; spool: {spool_err}")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+
+    /// Long enough that a batch which waited for it could not go unnoticed
+    /// by a test bounded at half of it.
+    const LONG_GATHER: Duration = Duration::from_secs(60);
+    const BOUND: Duration = Duration::from_secs(30);
+
+    async fn auditor(dir: &tempfile::TempDir) -> (Auditor, AuditMetrics, Arc<dyn Store>) {
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&dir.path().join("audit.db"))
+                .await
+                .unwrap(),
+        );
+        let metrics = AuditMetrics::default();
+        let (auditor, _task) =
+            Auditor::start_gathering(store.clone(), None, metrics.clone(), LONG_GATHER);
+        (auditor, metrics, store)
+    }
+
+    fn entry(jti: &str) -> AuditEntry {
+        AuditEntry {
+            at: 1_700_000_000,
+            action: "sign".to_owned(),
+            outcome: "ok".to_owned(),
+            jti: Some(jti.to_owned()),
+            ..AuditEntry::default()
+        }
+    }
+
+    /// Waits until the writer has taken every queued entry.
+    async fn taken(auditor: &Auditor) {
+        while auditor.tx.capacity() < QUEUE {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_waits_for_the_entry_of_a_request_on_its_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let (auditor, metrics, store) = auditor(&dir).await;
+        let ticket = auditor.ticket();
+        // Sent for sure before the ticket's entry (a spawned `record` might
+        // not be), and then taken by the writer, which now waits.
+        let (done, first) = oneshot::channel();
+        auditor.tx.send((entry("first"), done)).await.unwrap();
+        taken(&auditor).await;
+        assert_eq!(
+            metrics.batch_entries.count(),
+            0,
+            "committed without waiting"
+        );
+        tokio::time::timeout(BOUND, ticket.record(entry("second")))
+            .await
+            .expect("the batch waited for its own sender's ticket")
+            .unwrap();
+        first.await.unwrap().unwrap();
+        assert_eq!(metrics.batch_entries.count(), 1, "one batch");
+        assert_eq!(metrics.batch_entries.sum(), 2.0, "with both entries");
+        let jtis: Vec<_> = store
+            .audit_all()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.entry.jti.unwrap())
+            .collect();
+        assert_eq!(jtis, ["first", "second"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_entry_commits_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (auditor, metrics, _store) = auditor(&dir).await;
+        tokio::time::timeout(BOUND, auditor.record(entry("alone")))
+            .await
+            .expect("a lone entry waited for the gathering bound")
+            .unwrap();
+        // A ticket's own entry does not wait for itself either.
+        tokio::time::timeout(BOUND, auditor.ticket().record(entry("ticketed")))
+            .await
+            .expect("an entry waited for its own ticket")
+            .unwrap();
+        assert_eq!(metrics.batch_entries.count(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_away_on_the_signing_threads_holds_no_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (auditor, _metrics, _store) = auditor(&dir).await;
+        let mut ticket = auditor.ticket();
+        let other = auditor.clone();
+        ticket
+            .away(async move {
+                tokio::time::timeout(BOUND, other.record(entry("meanwhile")))
+                    .await
+                    .expect("a batch waited for a request that stepped away")
+                    .unwrap();
+            })
+            .await;
+        assert_eq!(
+            auditor.on_the_way.load(Ordering::Acquire),
+            1,
+            "back on the count"
+        );
+        // Dropped half-way (the request was cancelled): the count is right.
+        {
+            let cancelled = ticket.away(std::future::pending::<()>());
+            assert!(
+                tokio::time::timeout(Duration::from_millis(1), cancelled)
+                    .await
+                    .is_err()
+            );
+        }
+        assert_eq!(auditor.on_the_way.load(Ordering::Acquire), 1);
+        drop(ticket);
+        assert_eq!(auditor.on_the_way.load(Ordering::Acquire), 0);
     }
 }

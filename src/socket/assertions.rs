@@ -10,6 +10,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, MAX_BODY, Peer};
+use crate::auditor::Ticket;
 use crate::daemon::Shared;
 use crate::jose::{AssertionClaims, JwtHeader, encode_jws, new_jti};
 use crate::types::{Alg, SetName};
@@ -64,12 +65,14 @@ pub(super) async fn create(
     let now = shared.scheduler.clock().now();
     let mut entry = peer.audit(now.timestamp(), "sign");
     let mut set_label = String::new();
+    let mut ticket = None;
     let result = sign(
         &shared,
         &peer,
         request.into_body(),
         &mut entry,
         &mut set_label,
+        &mut ticket,
     )
     .await;
     match &result {
@@ -105,7 +108,11 @@ pub(super) async fn create(
         &entry.outcome,
     );
     // No signature leaves without its audit record; a refusal is recorded too.
-    if let Err(e) = shared.auditor.record(entry).await {
+    let recorded = match ticket {
+        Some(ticket) => ticket.record(entry).await,
+        None => shared.auditor.record(entry).await,
+    };
+    if let Err(e) = recorded {
         return Err(ApiError::internal(e));
     }
     shared
@@ -115,12 +122,13 @@ pub(super) async fn create(
     result.map(Json)
 }
 
-async fn sign(
-    shared: &Shared,
+async fn sign<'s>(
+    shared: &'s Shared,
     peer: &Peer,
     body: Body,
     entry: &mut crate::audit::AuditEntry,
     set_label: &mut String,
+    ticket: &mut Option<Ticket<'s>>,
 ) -> Result<AssertionAnswer, ApiError> {
     let policies = shared.scheduler.policies();
     // Who this peer is to the policies, worked out once per request.
@@ -129,6 +137,10 @@ async fn sign(
     // costs anything.
     let _slot = shared.caller_limits.admit(peer, &grants)?;
     let req: AssertionRequest = read_json(body).await?;
+    // From here on the request only uses the CPU until its entry is handed
+    // in (an RSA signature steps away below): batches may wait for it. Not
+    // before: a client that sends its body slowly must not hold them up.
+    let ticket = ticket.insert(shared.auditor.ticket());
     entry.client_id = Some(req.client_id.clone());
     entry.audience = Some(req.audience.clone());
     // An unknown client and a known client this caller may not use get the
@@ -238,9 +250,12 @@ async fn sign(
         // An RSA-4096 signature takes milliseconds: it runs on the signing
         // threads, one per core, so the runtime keeps answering (JWKS,
         // other callers) meanwhile.
-        Alg::Rs384 => shared
-            .signers
-            .run(move || encode_jws(&header, &claims, |input| signer.sign(input)))
+        Alg::Rs384 => ticket
+            .away(
+                shared
+                    .signers
+                    .run(move || encode_jws(&header, &claims, |input| signer.sign(input))),
+            )
             .await
             .map_err(ApiError::internal)?,
     }
