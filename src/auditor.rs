@@ -163,7 +163,7 @@ impl Auditor {
         let on_the_way = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn(write_loop(
             store,
-            Spool { path: spool },
+            Spool::open(spool),
             Incoming {
                 rx,
                 on_the_way: on_the_way.clone(),
@@ -212,17 +212,35 @@ impl Auditor {
 /// The local overflow file.
 struct Spool {
     path: Option<PathBuf>,
+    /// Whether the file holds entries. Kept here, and read from the disk
+    /// only at start and after the spool was written or replayed: asking
+    /// the file system on every batch cost two `stat` calls per batch.
+    pending: bool,
 }
 
 impl Spool {
-    fn pending(&self) -> bool {
-        self.path
-            .as_deref()
-            .and_then(|p| std::fs::metadata(p).ok())
+    fn open(path: Option<PathBuf>) -> Spool {
+        let pending = Self::on_disk(path.as_deref());
+        Spool { path, pending }
+    }
+
+    fn on_disk(path: Option<&Path>) -> bool {
+        path.and_then(|p| std::fs::metadata(p).ok())
             .is_some_and(|m| m.len() > 0)
     }
 
-    fn append(&self, entries: &[AuditEntry]) -> Result<(), String> {
+    fn pending(&self) -> bool {
+        self.pending
+    }
+
+    fn append(&mut self, entries: &[AuditEntry]) -> Result<(), String> {
+        let written = self.write(entries);
+        // A failed write may still have left part of a line in the file.
+        self.pending = Self::on_disk(self.path.as_deref());
+        written
+    }
+
+    fn write(&self, entries: &[AuditEntry]) -> Result<(), String> {
         let path = self.path.as_deref().ok_or("no spool configured")?;
         let mut buf = Vec::new();
         for e in entries {
@@ -258,7 +276,7 @@ impl Spool {
     }
 
     /// Moves the spool into the store; true when it is empty afterwards.
-    async fn replay(&self, store: &dyn Store) -> bool {
+    async fn replay(&mut self, store: &dyn Store) -> bool {
         let Some(path) = self.path.as_deref() else {
             return true;
         };
@@ -279,6 +297,7 @@ impl Spool {
                     // be replayed twice, so say so loudly.
                     tracing::error!(error = %e, path = %path.display(), "audit spool replayed but not removed");
                 }
+                self.pending = Self::on_disk(Some(path));
                 tracing::info!(
                     entries = entries.len(),
                     "audit spool replayed into the store"
@@ -317,7 +336,7 @@ impl Incoming {
 
 async fn write_loop(
     store: Arc<dyn Store>,
-    spool: Spool,
+    mut spool: Spool,
     mut incoming: Incoming,
     head: Head,
     metrics: AuditMetrics,
@@ -354,7 +373,7 @@ async fn write_loop(
         let (entries, waiters): (Vec<AuditEntry>, Vec<_>) = batch.drain(..).unzip();
         // Older spooled entries go first, or the chain would be out of order.
         let result = if store_down_until.is_some_and(|t| std::time::Instant::now() < t) {
-            spool_or_fail(&spool, &entries, "store down, retried every 2 s")
+            spool_or_fail(&mut spool, &entries, "store down, retried every 2 s")
         } else if spool.replay(store.as_ref()).await {
             match store.append_audit(&entries).await {
                 Ok(records) => {
@@ -381,7 +400,7 @@ async fn write_loop(
                 }
                 Err(e) => {
                     store_down_until = retry_later();
-                    spool_or_fail(&spool, &entries, &e.to_string())
+                    spool_or_fail(&mut spool, &entries, &e.to_string())
                 }
             }
         } else {
@@ -403,7 +422,7 @@ async fn write_loop(
     spool.replay(store.as_ref()).await;
 }
 
-fn spool_or_fail(spool: &Spool, entries: &[AuditEntry], why: &str) -> Result<(), AuditError> {
+fn spool_or_fail(spool: &mut Spool, entries: &[AuditEntry], why: &str) -> Result<(), AuditError> {
     match spool.append(entries) {
         Ok(()) => {
             tracing::warn!(entries = entries.len(), reason = %why, "audit entries spooled locally until the store answers");
