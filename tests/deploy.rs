@@ -35,6 +35,36 @@ fn systemd_accepts_the_unit() {
     assert!(out.status.success() && ours.is_empty(), "{err}");
 }
 
+/// `~@resources` filters out the calls that lower a key-generation
+/// thread's priority; a later allow line must put them back, or key
+/// generation competes with signing at full priority under systemd (the
+/// daemon only logs a warning). systemd applies the lines in order.
+#[test]
+fn the_unit_lets_key_generation_lower_its_own_priority() {
+    let unit = std::fs::read_to_string("deploy/systemd/jwksd.service").unwrap();
+    let filters: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("SystemCallFilter="))
+        .collect();
+    let removed = filters
+        .iter()
+        .rposition(|f| {
+            f.starts_with('~')
+                && f.split_whitespace()
+                    .any(|w| w.trim_start_matches('~') == "@resources")
+        })
+        .expect("the unit no longer removes @resources: update this test");
+    for call in ["setpriority", "sched_setscheduler"] {
+        let allowed = filters
+            .iter()
+            .rposition(|f| !f.starts_with('~') && f.split_whitespace().any(|w| w == call));
+        assert!(
+            allowed.is_some_and(|a| a > removed),
+            "{call} is filtered out by ~@resources and not allowed again after it"
+        );
+    }
+}
+
 #[test]
 fn every_kubernetes_manifest_parses_as_yaml_with_kind_and_name() {
     let check = r#"
