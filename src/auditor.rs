@@ -39,8 +39,8 @@ const REPLAY_EVERY: Duration = Duration::from_secs(2);
 /// fsync), and without waiting a batch holds only what arrived during the
 /// previous commit: 4.7 entries on average at 9,000 ES384 signatures/s.
 /// Waiting for the requests being signed doubled that (9 entries) and
-/// raised ES384 throughput with 64 clients by 2-25 % (median ~10 %, on a
-/// noisy 2-core VM). The wait ends as soon as no sibling is left, so at
+/// raised ES384 throughput with 64 clients by 2-25 % (median 7 %, 6
+/// rounds on a noisy 2-core VM). The wait ends as soon as no sibling is left, so at
 /// moderate load it adds at most about one signature's time (~0.1 ms for
 /// ES384), and reaches this bound only when the siblings never run out.
 /// tokio's timer has millisecond resolution: such a batch commits 1-2 ms
