@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::audit::AuditEntry;
 use crate::store::Store;
@@ -94,8 +94,38 @@ type Head = Arc<std::sync::Mutex<HeadState>>;
 pub struct Auditor {
     tx: mpsc::Sender<Job>,
     head: Head,
-    /// How many `Ticket`s are out: entries on their way to the writer.
-    on_the_way: Arc<AtomicUsize>,
+    on_the_way: Arc<OnTheWay>,
+}
+
+/// The `Ticket`s that are out: entries on their way to the writer.
+#[derive(Default)]
+struct OnTheWay {
+    count: AtomicUsize,
+    /// Wakes a gathering writer when the last ticket leaves without an
+    /// entry (dropped, or away on the signing threads): nothing will
+    /// arrive on the queue to wake it then.
+    none_left: Notify,
+}
+
+impl OnTheWay {
+    fn arrive(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// `wake`: whether to wake the writer if this was the last ticket. Not
+    /// when the entry is about to be sent: its arrival wakes the writer,
+    /// and a wake-up before it could close the batch without it.
+    fn leave(&self, wake: bool) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 && wake {
+            // A permit is kept when no writer waits yet, so a wake-up
+            // between its check of the count and its wait is not lost.
+            self.none_left.notify_one();
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.count.load(Ordering::Acquire) > 0
+    }
 }
 
 /// A request that will hand in an audit entry soon (it is being checked
@@ -111,7 +141,8 @@ impl Ticket<'_> {
         let auditor = self.auditor;
         // Off the count before the entry is sent: the batch that takes it
         // must not wait for it.
-        drop(self);
+        auditor.on_the_way.leave(false);
+        std::mem::forget(self);
         auditor.record(entry).await
     }
 
@@ -119,14 +150,14 @@ impl Ticket<'_> {
     /// for the signing threads can take milliseconds, and no batch should
     /// wait for it. Back on the count when `work` is done (or dropped).
     pub async fn away<T>(&mut self, work: impl std::future::Future<Output = T>) -> T {
-        struct Back<'a>(&'a AtomicUsize);
+        struct Back<'a>(&'a OnTheWay);
         impl Drop for Back<'_> {
             fn drop(&mut self) {
-                self.0.fetch_add(1, Ordering::AcqRel);
+                self.0.arrive();
             }
         }
-        let on_the_way = &self.auditor.on_the_way;
-        on_the_way.fetch_sub(1, Ordering::AcqRel);
+        let on_the_way = &*self.auditor.on_the_way;
+        on_the_way.leave(true);
         let _back = Back(on_the_way);
         work.await
     }
@@ -134,7 +165,7 @@ impl Ticket<'_> {
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        self.auditor.on_the_way.fetch_sub(1, Ordering::AcqRel);
+        self.auditor.on_the_way.leave(true);
     }
 }
 
@@ -160,7 +191,7 @@ impl Auditor {
     ) -> (Auditor, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let head: Head = Arc::default();
-        let on_the_way = Arc::new(AtomicUsize::new(0));
+        let on_the_way = Arc::new(OnTheWay::default());
         let task = tokio::spawn(write_loop(
             store,
             Spool::open(spool),
@@ -185,7 +216,7 @@ impl Auditor {
     /// Says that this request will hand in an entry soon, so that batches
     /// wait for it; see `Ticket`.
     pub fn ticket(&self) -> Ticket<'_> {
-        self.on_the_way.fetch_add(1, Ordering::AcqRel);
+        self.on_the_way.arrive();
         Ticket { auditor: self }
     }
 
@@ -215,6 +246,9 @@ struct Spool {
     /// Whether the file holds entries. Kept here, and read from the disk
     /// only at start and after the spool was written or replayed: asking
     /// the file system on every batch cost two `stat` calls per batch.
+    /// Only this daemon writes the file; one deleted by hand while pending
+    /// fails the next replay, and batches go to a new spool until the
+    /// replay after it (2 s) finds it readable: nothing is lost.
     pending: bool,
 }
 
@@ -315,7 +349,7 @@ impl Spool {
 /// The writer's end of the queue.
 struct Incoming {
     rx: mpsc::Receiver<Job>,
-    on_the_way: Arc<AtomicUsize>,
+    on_the_way: Arc<OnTheWay>,
     gather: Duration,
 }
 
@@ -323,12 +357,21 @@ impl Incoming {
     /// Adds to `batch` the entries of requests still on their way, until
     /// none is left, the batch is full, or `gather` has passed.
     async fn gather(&mut self, batch: &mut Vec<Job>) {
-        let deadline = tokio::time::Instant::now() + self.gather;
-        while batch.len() < MAX_BATCH && self.on_the_way.load(Ordering::Acquire) > 0 {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(job)) => batch.push(job),
-                // Closed (shutting down) or out of time: commit what is here.
-                Ok(None) | Err(_) => break,
+        let deadline = tokio::time::sleep(self.gather);
+        tokio::pin!(deadline);
+        while batch.len() < MAX_BATCH && self.on_the_way.any() {
+            tokio::select! {
+                // Entries first: one already queued joins even at the bound.
+                biased;
+                job = self.rx.recv() => match job {
+                    Some(job) => batch.push(job),
+                    // Closed: shutting down, commit what is here.
+                    None => break,
+                },
+                // The last ticket left without an entry: the loop's check
+                // ends the wait (or goes on, if a new one came meanwhile).
+                () = self.on_the_way.none_left.notified() => {}
+                () = &mut deadline => break,
             }
         }
     }
@@ -507,6 +550,41 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_stops_waiting_when_the_last_ticket_leaves_without_an_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (auditor, metrics, _store) = auditor(&dir).await;
+
+        // Dropped unused (a cancelled request).
+        let ticket = auditor.ticket();
+        let (done, first) = oneshot::channel();
+        auditor.tx.send((entry("first"), done)).await.unwrap();
+        taken(&auditor).await;
+        drop(ticket);
+        tokio::time::timeout(BOUND, first)
+            .await
+            .expect("the batch waited for a ticket that was dropped")
+            .unwrap()
+            .unwrap();
+
+        // Away on the signing threads while the batch is open.
+        let mut ticket = auditor.ticket();
+        let (done, second) = oneshot::channel();
+        auditor.tx.send((entry("second"), done)).await.unwrap();
+        taken(&auditor).await;
+        ticket
+            .away(async {
+                tokio::time::timeout(BOUND, second)
+                    .await
+                    .expect("the batch waited for a request that stepped away")
+                    .unwrap()
+                    .unwrap();
+            })
+            .await;
+        drop(ticket);
+        assert_eq!(metrics.batch_entries.count(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lone_entry_commits_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let (auditor, metrics, _store) = auditor(&dir).await;
@@ -537,7 +615,7 @@ mod tests {
             })
             .await;
         assert_eq!(
-            auditor.on_the_way.load(Ordering::Acquire),
+            auditor.on_the_way.count.load(Ordering::Acquire),
             1,
             "back on the count"
         );
@@ -550,8 +628,8 @@ mod tests {
                     .is_err()
             );
         }
-        assert_eq!(auditor.on_the_way.load(Ordering::Acquire), 1);
+        assert_eq!(auditor.on_the_way.count.load(Ordering::Acquire), 1);
         drop(ticket);
-        assert_eq!(auditor.on_the_way.load(Ordering::Acquire), 0);
+        assert_eq!(auditor.on_the_way.count.load(Ordering::Acquire), 0);
     }
 }
