@@ -73,7 +73,13 @@ fn lower_this_thread_priority() {
     // the end of its slice (milliseconds) first, and every request hops
     // through several wake-ups. It is not starvation: such a thread still
     // gets a small share of a fully busy core (weight 3 against nice 19's
-    // 15 and nice 0's 1,024). Allowed without privilege.
+    // 15 and nice 0's 1,024). The price: while signing keeps every core
+    // busy, a generation takes about five times longer than at nice 19
+    // alone, and so does an admin rotate or revoke, which answers once the
+    // successor exists. While a pending key is ready (rule 4) signing
+    // never waits for a generation; a set whose keys were all revoked
+    // does, longer under full load than it did.
+    // Allowed without privilege.
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler reads `param` only during the call.
     let rc = unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) };
