@@ -510,11 +510,16 @@ mod tests {
         }
     }
 
-    /// Waits until the writer has taken every queued entry.
-    async fn taken(auditor: &Auditor) {
+    /// Sends `jti`'s entry and waits until the writer has taken it, so that
+    /// a batch is open when this returns. Sent on the queue directly: a
+    /// spawned `record` might be sent only after the caller's next entry.
+    async fn open_batch(auditor: &Auditor, jti: &str) -> oneshot::Receiver<Result<(), AuditError>> {
+        let (done, committed) = oneshot::channel();
+        auditor.tx.send((entry(jti), done)).await.unwrap();
         while auditor.tx.capacity() < QUEUE {
             tokio::task::yield_now().await;
         }
+        committed
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -522,11 +527,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (auditor, metrics, store) = auditor(&dir).await;
         let ticket = auditor.ticket();
-        // Sent for sure before the ticket's entry (a spawned `record` might
-        // not be), and then taken by the writer, which now waits.
-        let (done, first) = oneshot::channel();
-        auditor.tx.send((entry("first"), done)).await.unwrap();
-        taken(&auditor).await;
+        // The writer holds "first" and waits for the ticket's entry.
+        let first = open_batch(&auditor, "first").await;
         assert_eq!(
             metrics.batch_entries.count(),
             0,
@@ -556,9 +558,7 @@ mod tests {
 
         // Dropped unused (a cancelled request).
         let ticket = auditor.ticket();
-        let (done, first) = oneshot::channel();
-        auditor.tx.send((entry("first"), done)).await.unwrap();
-        taken(&auditor).await;
+        let first = open_batch(&auditor, "first").await;
         drop(ticket);
         tokio::time::timeout(BOUND, first)
             .await
@@ -568,9 +568,7 @@ mod tests {
 
         // Away on the signing threads while the batch is open.
         let mut ticket = auditor.ticket();
-        let (done, second) = oneshot::channel();
-        auditor.tx.send((entry("second"), done)).await.unwrap();
-        taken(&auditor).await;
+        let second = open_batch(&auditor, "second").await;
         ticket
             .away(async {
                 tokio::time::timeout(BOUND, second)
