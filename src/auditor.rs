@@ -357,6 +357,10 @@ impl Incoming {
     /// Adds to `batch` the entries of requests still on their way, until
     /// none is left, the batch is full, or `gather` has passed.
     async fn gather(&mut self, batch: &mut Vec<Job>) {
+        // The common case under light load: no timer for nothing.
+        if !self.on_the_way.any() {
+            return;
+        }
         let deadline = tokio::time::sleep(self.gather);
         tokio::pin!(deadline);
         while batch.len() < MAX_BATCH && self.on_the_way.any() {
