@@ -13,11 +13,18 @@
 //! CPU, about to hand in their entries, the writer gives them up to
 //! `GATHER` to join the batch before it commits (PostgreSQL's
 //! `commit_delay` with `commit_siblings`). A lone request never waits.
+//!
+//! An entry may also be handed in early, before the signature it records is
+//! made (`Auditor::submit_early`, for RSA signatures: milliseconds of CPU,
+//! after a wait in the signing queue). The writer holds such entries until
+//! one of them is waited for, so one commit covers every signature queued
+//! behind it, and the caller still gets its answer only once its record is
+//! durable.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -46,6 +53,10 @@ const REPLAY_EVERY: Duration = Duration::from_secs(2);
 /// tokio's timer has millisecond resolution: such a batch commits 1-2 ms
 /// after its first entry was taken.
 const GATHER: Duration = Duration::from_millis(1);
+/// Longest the writer holds early entries that nobody waits for yet. Only a
+/// safety bound: every early entry is waited for, or its receipt dropped,
+/// once its signature is done, which ends the hold at once.
+const HOLD: Duration = Duration::from_secs(1);
 
 /// Why an entry could not be recorded.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -58,7 +69,23 @@ pub enum AuditError {
     Stopped,
 }
 
-type Job = (AuditEntry, oneshot::Sender<Result<(), AuditError>>);
+/// An entry on its way to the chain, and who to tell once it is durable.
+struct Job {
+    entry: AuditEntry,
+    done: oneshot::Sender<Result<(), AuditError>>,
+    /// Handed in before its signature was made: set once someone waits for
+    /// it (`Receipt`); `None` for an entry whose caller waits at once.
+    early: Option<Arc<AtomicBool>>,
+}
+
+impl Job {
+    /// Whether this job can wait: handed in early, and nobody waits for it.
+    fn may_wait(&self) -> bool {
+        self.early
+            .as_ref()
+            .is_some_and(|waited| !waited.load(Ordering::Acquire))
+    }
+}
 
 /// What the writer measures: each signature waits for one batch's write,
 /// so these two explain the signing latency an operator sees.
@@ -102,9 +129,10 @@ pub struct Auditor {
 struct OnTheWay {
     count: AtomicUsize,
     /// Wakes a gathering writer when the last ticket leaves without an
-    /// entry (dropped, or away on the signing threads): nothing will
-    /// arrive on the queue to wake it then.
+    /// entry (dropped): nothing will arrive on the queue to wake it then.
     none_left: Notify,
+    /// Wakes a writer holding early entries when one is waited for.
+    waited_for: Notify,
 }
 
 impl OnTheWay {
@@ -146,20 +174,52 @@ impl Ticket<'_> {
         auditor.record(entry).await
     }
 
-    /// Runs `work` with this request off the count: an RSA signature queued
-    /// for the signing threads can take milliseconds, and no batch should
-    /// wait for it. Back on the count when `work` is done (or dropped).
-    pub async fn away<T>(&mut self, work: impl std::future::Future<Output = T>) -> T {
-        struct Back<'a>(&'a OnTheWay);
-        impl Drop for Back<'_> {
-            fn drop(&mut self) {
-                self.0.arrive();
-            }
+    /// Hands `entry` in before its signature is made; see
+    /// `Auditor::submit_early`.
+    pub async fn submit_early(self, entry: AuditEntry) -> Result<Receipt, AuditError> {
+        let auditor = self.auditor;
+        auditor.on_the_way.leave(false);
+        std::mem::forget(self);
+        auditor.submit_early(entry).await
+    }
+}
+
+/// An early entry's claim: `durable` waits until the entry is in the chain.
+/// Dropping it (a cancelled request) lets the writer commit the entry
+/// without waiting for anyone else.
+pub struct Receipt {
+    committed: oneshot::Receiver<Result<(), AuditError>>,
+    waited: Arc<AtomicBool>,
+    on_the_way: Arc<OnTheWay>,
+}
+
+impl Receipt {
+    /// Waits until the entry is durable. Under load it usually already is:
+    /// a batch that was committed for an earlier signature carried it.
+    pub async fn durable(mut self) -> Result<(), AuditError> {
+        match self.committed.try_recv() {
+            Ok(result) => return result,
+            Err(oneshot::error::TryRecvError::Closed) => return Err(AuditError::Stopped),
+            Err(oneshot::error::TryRecvError::Empty) => {}
         }
-        let on_the_way = &*self.auditor.on_the_way;
-        on_the_way.leave(true);
-        let _back = Back(on_the_way);
-        work.await
+        self.wait_for_it();
+        (&mut self.committed)
+            .await
+            .map_err(|_| AuditError::Stopped)?
+    }
+
+    fn wait_for_it(&self) {
+        if !self.waited.swap(true, Ordering::AcqRel) {
+            // A permit is kept when the writer is not waiting yet: it looks
+            // at the flags again before it waits.
+            self.on_the_way.waited_for.notify_one();
+        }
+    }
+}
+
+impl Drop for Receipt {
+    fn drop(&mut self) {
+        self.wait_for_it();
     }
 }
 
@@ -179,15 +239,17 @@ impl Auditor {
         spool: Option<PathBuf>,
         metrics: AuditMetrics,
     ) -> (Auditor, tokio::task::JoinHandle<()>) {
-        Self::start_gathering(store, spool, metrics, GATHER)
+        Self::start_waiting(store, spool, metrics, GATHER, HOLD)
     }
 
-    /// `start`, with batches waiting up to `gather` for tickets.
-    fn start_gathering(
+    /// `start`, with batches waiting up to `gather` for tickets and holding
+    /// early entries up to `hold`.
+    fn start_waiting(
         store: Arc<dyn Store>,
         spool: Option<PathBuf>,
         metrics: AuditMetrics,
         gather: Duration,
+        hold: Duration,
     ) -> (Auditor, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let head: Head = Arc::default();
@@ -199,6 +261,7 @@ impl Auditor {
                 rx,
                 on_the_way: on_the_way.clone(),
                 gather,
+                hold,
             },
             head.clone(),
             metrics,
@@ -233,10 +296,41 @@ impl Auditor {
     pub async fn record(&self, entry: AuditEntry) -> Result<(), AuditError> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send((entry, done))
+            .send(Job {
+                entry,
+                done,
+                early: None,
+            })
             .await
             .map_err(|_| AuditError::Stopped)?;
         wait.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    /// Hands `entry` to the writer before the signature it records is made;
+    /// `Receipt::durable` waits until it is in the chain. The writer holds
+    /// early entries until one of them is waited for (or a later entry that
+    /// cannot wait arrives), so one commit covers every signature queued
+    /// meanwhile instead of one commit each.
+    ///
+    /// Measured on 2 cores at peak RS384-4096 signing, with each entry
+    /// recorded after its signature: 1.07 entries per commit, and about 15
+    /// context switches per request.
+    pub async fn submit_early(&self, entry: AuditEntry) -> Result<Receipt, AuditError> {
+        let (done, committed) = oneshot::channel();
+        let waited = Arc::new(AtomicBool::new(false));
+        self.tx
+            .send(Job {
+                entry,
+                done,
+                early: Some(waited.clone()),
+            })
+            .await
+            .map_err(|_| AuditError::Stopped)?;
+        Ok(Receipt {
+            committed,
+            waited,
+            on_the_way: self.on_the_way.clone(),
+        })
     }
 }
 
@@ -351,9 +445,43 @@ struct Incoming {
     rx: mpsc::Receiver<Job>,
     on_the_way: Arc<OnTheWay>,
     gather: Duration,
+    hold: Duration,
 }
 
 impl Incoming {
+    /// While every entry of `batch` was handed in early and nobody waits
+    /// for any of them, takes further entries instead of committing: their
+    /// signatures are still being made. Ends when one is waited for, an
+    /// entry that cannot wait arrives, the batch is full, or after `hold`.
+    async fn hold(&mut self, batch: &mut Vec<Job>) {
+        if !batch.iter().all(Job::may_wait) {
+            return;
+        }
+        let deadline = tokio::time::sleep(self.hold);
+        tokio::pin!(deadline);
+        while batch.len() < MAX_BATCH {
+            tokio::select! {
+                biased;
+                job = self.rx.recv() => match job {
+                    Some(job) => {
+                        let may_wait = job.may_wait();
+                        batch.push(job);
+                        if !may_wait {
+                            return;
+                        }
+                    }
+                    None => return,
+                },
+                () = self.on_the_way.waited_for.notified() => {
+                    if !batch.iter().all(Job::may_wait) {
+                        return;
+                    }
+                }
+                () = &mut deadline => return,
+            }
+        }
+    }
+
     /// Adds to `batch` the entries of requests still on their way, until
     /// none is left, the batch is full, or `gather` has passed.
     async fn gather(&mut self, batch: &mut Vec<Job>) {
@@ -415,9 +543,11 @@ async fn write_loop(
         if received == 0 {
             break;
         }
+        incoming.hold(&mut batch).await;
         incoming.gather(&mut batch).await;
         let started = std::time::Instant::now();
-        let (entries, waiters): (Vec<AuditEntry>, Vec<_>) = batch.drain(..).unzip();
+        let (entries, waiters): (Vec<AuditEntry>, Vec<_>) =
+            batch.drain(..).map(|job| (job.entry, job.done)).unzip();
         // Older spooled entries go first, or the chain would be out of order.
         let result = if store_down_until.is_some_and(|t| std::time::Instant::now() < t) {
             spool_or_fail(&mut spool, &entries, "store down, retried every 2 s")
@@ -490,6 +620,7 @@ mod tests {
     /// Long enough that a batch which waited for it could not go unnoticed
     /// by a test bounded at half of it.
     const LONG_GATHER: Duration = Duration::from_secs(60);
+    const LONG_HOLD: Duration = Duration::from_secs(60);
     const BOUND: Duration = Duration::from_secs(30);
 
     async fn auditor(dir: &tempfile::TempDir) -> (Auditor, AuditMetrics, Arc<dyn Store>) {
@@ -500,7 +631,7 @@ mod tests {
         );
         let metrics = AuditMetrics::default();
         let (auditor, _task) =
-            Auditor::start_gathering(store.clone(), None, metrics.clone(), LONG_GATHER);
+            Auditor::start_waiting(store.clone(), None, metrics.clone(), LONG_GATHER, LONG_HOLD);
         (auditor, metrics, store)
     }
 
@@ -519,11 +650,31 @@ mod tests {
     /// spawned `record` might be sent only after the caller's next entry.
     async fn open_batch(auditor: &Auditor, jti: &str) -> oneshot::Receiver<Result<(), AuditError>> {
         let (done, committed) = oneshot::channel();
-        auditor.tx.send((entry(jti), done)).await.unwrap();
+        let job = Job {
+            entry: entry(jti),
+            done,
+            early: None,
+        };
+        auditor.tx.send(job).await.unwrap();
+        taken(auditor).await;
+        committed
+    }
+
+    /// Waits until the writer has taken everything sent so far.
+    async fn taken(auditor: &Auditor) {
         while auditor.tx.capacity() < QUEUE {
             tokio::task::yield_now().await;
         }
-        committed
+    }
+
+    async fn jtis(store: &Arc<dyn Store>) -> Vec<String> {
+        store
+            .audit_all()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.entry.jti.unwrap())
+            .collect()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -545,14 +696,7 @@ mod tests {
         first.await.unwrap().unwrap();
         assert_eq!(metrics.batch_entries.count(), 1, "one batch");
         assert_eq!(metrics.batch_entries.sum(), 2.0, "with both entries");
-        let jtis: Vec<_> = store
-            .audit_all()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.entry.jti.unwrap())
-            .collect();
-        assert_eq!(jtis, ["first", "second"]);
+        assert_eq!(jtis(&store).await, ["first", "second"]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -569,21 +713,7 @@ mod tests {
             .expect("the batch waited for a ticket that was dropped")
             .unwrap()
             .unwrap();
-
-        // Away on the signing threads while the batch is open.
-        let mut ticket = auditor.ticket();
-        let second = open_batch(&auditor, "second").await;
-        ticket
-            .away(async {
-                tokio::time::timeout(BOUND, second)
-                    .await
-                    .expect("the batch waited for a request that stepped away")
-                    .unwrap()
-                    .unwrap();
-            })
-            .await;
-        drop(ticket);
-        assert_eq!(metrics.batch_entries.count(), 2);
+        assert_eq!(metrics.batch_entries.count(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -603,35 +733,64 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_request_away_on_the_signing_threads_holds_no_batch() {
+    async fn early_entries_are_held_until_one_is_waited_for_then_share_one_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let (auditor, _metrics, _store) = auditor(&dir).await;
-        let mut ticket = auditor.ticket();
-        let other = auditor.clone();
-        ticket
-            .away(async move {
-                tokio::time::timeout(BOUND, other.record(entry("meanwhile")))
-                    .await
-                    .expect("a batch waited for a request that stepped away")
-                    .unwrap();
-            })
-            .await;
-        assert_eq!(
-            auditor.on_the_way.count.load(Ordering::Acquire),
-            1,
-            "back on the count"
-        );
-        // Dropped half-way (the request was cancelled): the count is right.
-        {
-            let cancelled = ticket.away(std::future::pending::<()>());
-            assert!(
-                tokio::time::timeout(Duration::from_millis(1), cancelled)
-                    .await
-                    .is_err()
-            );
+        let (auditor, metrics, store) = auditor(&dir).await;
+        // One at a time, each taken by the writer before the next is sent:
+        // a writer that did not hold them would commit "a" alone.
+        let mut receipts = Vec::new();
+        for jti in ["a", "b", "c"] {
+            receipts.push(auditor.submit_early(entry(jti)).await.unwrap());
+            taken(&auditor).await;
         }
-        assert_eq!(auditor.on_the_way.count.load(Ordering::Acquire), 1);
-        drop(ticket);
-        assert_eq!(auditor.on_the_way.count.load(Ordering::Acquire), 0);
+        assert_eq!(metrics.batch_entries.count(), 0, "committed while held");
+        let c = receipts.pop().unwrap();
+        tokio::time::timeout(BOUND, c.durable())
+            .await
+            .expect("the entry waited for was not committed")
+            .unwrap();
+        assert_eq!(metrics.batch_entries.count(), 1, "one commit");
+        assert_eq!(metrics.batch_entries.sum(), 3.0, "for all three");
+        // The others were carried by that commit: durable without another.
+        for receipt in receipts {
+            receipt.durable().await.unwrap();
+        }
+        assert_eq!(metrics.batch_entries.count(), 1);
+        assert_eq!(jtis(&store).await, ["a", "b", "c"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_entry_that_cannot_wait_ends_the_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let (auditor, metrics, store) = auditor(&dir).await;
+        let early = auditor.submit_early(entry("early")).await.unwrap();
+        taken(&auditor).await;
+        tokio::time::timeout(BOUND, auditor.record(entry("refusal")))
+            .await
+            .expect("an entry that cannot wait was held")
+            .unwrap();
+        early.durable().await.unwrap();
+        assert_eq!(metrics.batch_entries.count(), 1);
+        assert_eq!(jtis(&store).await, ["early", "refusal"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_receipt_lets_its_entry_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (auditor, metrics, store) = auditor(&dir).await;
+        // A ticket's early entry also takes it off the count at once.
+        let ticket = auditor.ticket();
+        let receipt = ticket.submit_early(entry("cancelled")).await.unwrap();
+        assert!(!auditor.on_the_way.any(), "still on the count");
+        taken(&auditor).await;
+        drop(receipt);
+        tokio::time::timeout(BOUND, async {
+            while metrics.batch_entries.count() == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("an early entry whose receipt was dropped stayed held");
+        assert_eq!(jtis(&store).await, ["cancelled"]);
     }
 }

@@ -127,6 +127,58 @@ async fn a_thousand_assertions_have_a_thousand_distinct_jtis() {
     assert_eq!(distinct.len(), 1000);
 }
 
+/// RS384 records are handed to the audit writer before the signature is
+/// made, and held there to share a commit with the signatures queued
+/// behind them: each answer must still find its own record in the chain,
+/// once, with its kid, however the requests interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_assertion_answered_is_in_the_audit_chain_once_with_its_kid() {
+    let d = Arc::new(started().await);
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let d = d.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for i in 0..12 {
+                let alg = if (worker + i) % 3 == 0 {
+                    "ES384"
+                } else {
+                    "RS384"
+                };
+                let a = d.assertion(alg).await;
+                answers.push((a["jti"].as_str().unwrap().to_owned(), a["kid"].clone()));
+            }
+            answers
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.extend(t.await.unwrap());
+    }
+    // The last answer's record is readable at once: it was durable before
+    // the answer left.
+    let (status, audit) = d
+        .socket_json(Method::GET, "/v1/audit?limit=1000", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{audit}");
+    let signed: Vec<&Value> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "sign")
+        .collect();
+    assert_eq!(signed.len(), answers.len(), "one record per answer");
+    for (jti, kid) in &answers {
+        let mine: Vec<_> = signed.iter().filter(|r| r["jti"] == jti.as_str()).collect();
+        assert_eq!(mine.len(), 1, "jti {jti}: {mine:?}");
+        assert_eq!(mine[0]["outcome"], "ok");
+        assert_eq!(&mine[0]["kid"], kid);
+    }
+    let (status, verify) = d.socket_json(Method::GET, "/v1/audit/verify", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(verify["ok"], true, "{verify}");
+}
+
 /// Everything a refusal could have changed.
 async fn state(d: &Daemon) -> (bytes::Bytes, Value) {
     let (_, _, jwks) = d.jwks().await;

@@ -10,7 +10,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, MAX_BODY, Peer};
-use crate::auditor::Ticket;
+use crate::auditor::{Receipt, Ticket};
 use crate::daemon::Shared;
 use crate::jose::{AssertionClaims, JwtHeader, encode_jws, new_jti};
 use crate::types::{Alg, SetName};
@@ -66,6 +66,7 @@ pub(super) async fn create(
     let mut entry = peer.audit(now.timestamp(), "sign");
     let mut set_label = String::new();
     let mut ticket = None;
+    let mut receipt = None;
     let result = sign(
         &shared,
         &peer,
@@ -73,6 +74,7 @@ pub(super) async fn create(
         &mut entry,
         &mut set_label,
         &mut ticket,
+        &mut receipt,
     )
     .await;
     match &result {
@@ -108,9 +110,21 @@ pub(super) async fn create(
         &entry.outcome,
     );
     // No signature leaves without its audit record; a refusal is recorded too.
-    let recorded = match ticket {
-        Some(ticket) => ticket.record(entry).await,
-        None => shared.auditor.record(entry).await,
+    let recorded = match (receipt, ticket) {
+        // The record went in before the signature was made.
+        (Some(receipt), _) => match (receipt.durable().await, &result) {
+            (Ok(()), Err(_)) => {
+                // It says `ok`, but signing failed after it: the chain must
+                // say that this jti was never issued.
+                entry.detail = entry.detail.map(|d| {
+                    format!("{d}; no assertion was issued (the record before, with this jti, was written before signing)")
+                });
+                shared.auditor.record(entry).await
+            }
+            (durable, _) => durable,
+        },
+        (None, Some(ticket)) => ticket.record(entry).await,
+        (None, None) => shared.auditor.record(entry).await,
     };
     if let Err(e) = recorded {
         return Err(ApiError::internal(e));
@@ -129,6 +143,7 @@ async fn sign<'s>(
     entry: &mut crate::audit::AuditEntry,
     set_label: &mut String,
     ticket: &mut Option<Ticket<'s>>,
+    receipt: &mut Option<Receipt>,
 ) -> Result<AssertionAnswer, ApiError> {
     let policies = shared.scheduler.policies();
     // Who this peer is to the policies, worked out once per request.
@@ -138,9 +153,10 @@ async fn sign<'s>(
     let _slot = shared.caller_limits.admit(peer, &grants)?;
     let req: AssertionRequest = read_json(body).await?;
     // From here on the request only uses the CPU until its entry is handed
-    // in (an RSA signature steps away below): batches may wait for it. Not
-    // before: a client that sends its body slowly must not hold them up.
-    let ticket = ticket.insert(shared.auditor.ticket());
+    // in (an RSA request hands it in before signing, below): batches may
+    // wait for it. Not before: a client that sends its body slowly must not
+    // hold them up.
+    *ticket = Some(shared.auditor.ticket());
     entry.client_id = Some(req.client_id.clone());
     entry.audience = Some(req.audience.clone());
     // An unknown client and a known client this caller may not use get the
@@ -249,15 +265,23 @@ async fn sign<'s>(
         Alg::Es384 => encode_jws(&header, &claims, |input| signer.sign(input)),
         // An RSA-4096 signature takes milliseconds: it runs on the signing
         // threads, one per core, so the runtime keeps answering (JWKS,
-        // other callers) meanwhile.
-        Alg::Rs384 => ticket
-            .away(
-                shared
-                    .signers
-                    .run(move || encode_jws(&header, &claims, |input| signer.sign(input))),
-            )
-            .await
-            .map_err(ApiError::internal)?,
+        // other callers) meanwhile. Its record is handed in first, so that
+        // it is made durable together with those of the signatures queued
+        // around it (`Auditor::submit_early`); the answer still waits for it.
+        Alg::Rs384 => {
+            entry.jti = Some(jti.clone());
+            let early = entry.clone();
+            let handed_in = match ticket.take() {
+                Some(ticket) => ticket.submit_early(early).await,
+                None => shared.auditor.submit_early(early).await,
+            };
+            *receipt = Some(handed_in.map_err(ApiError::internal)?);
+            shared
+                .signers
+                .run(move || encode_jws(&header, &claims, |input| signer.sign(input)))
+                .await
+                .map_err(ApiError::internal)?
+        }
     }
     .map_err(ApiError::internal)?;
     Ok(AssertionAnswer {
