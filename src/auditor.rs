@@ -197,10 +197,16 @@ impl Receipt {
     /// Waits until the entry is durable. Under load it usually already is:
     /// a batch that was committed for an earlier signature carried it.
     pub async fn durable(mut self) -> Result<(), AuditError> {
-        match self.committed.try_recv() {
-            Ok(result) => return result,
-            Err(oneshot::error::TryRecvError::Closed) => return Err(AuditError::Stopped),
-            Err(oneshot::error::TryRecvError::Empty) => {}
+        let done = match self.committed.try_recv() {
+            Ok(result) => Some(result),
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(AuditError::Stopped)),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+        };
+        if let Some(result) = done {
+            // Nothing to wake the writer for: `drop` must not either, or
+            // the next hold would wake up for nothing.
+            self.waited.store(true, Ordering::Release);
+            return result;
         }
         self.wait_for_it();
         (&mut self.committed)
