@@ -163,24 +163,27 @@ pub struct Ticket<'a> {
     auditor: &'a Auditor,
 }
 
-impl Ticket<'_> {
+impl<'a> Ticket<'a> {
     /// Appends `entry` and waits until it is durable; see `Auditor::record`.
     pub async fn record(self, entry: AuditEntry) -> Result<(), AuditError> {
-        let auditor = self.auditor;
-        // Off the count before the entry is sent: the batch that takes it
-        // must not wait for it.
-        auditor.on_the_way.leave(false);
-        std::mem::forget(self);
-        auditor.record(entry).await
+        self.hand_in().record(entry).await
     }
 
     /// Hands `entry` in before its signature is made; see
     /// `Auditor::submit_early`.
     pub async fn submit_early(self, entry: AuditEntry) -> Result<Receipt, AuditError> {
+        self.hand_in().submit_early(entry).await
+    }
+
+    /// Takes this request off the count before its entry is sent: the batch
+    /// that takes the entry must not wait for it, and the entry's arrival
+    /// wakes the writer (a wake-up before it could close the batch without
+    /// it).
+    fn hand_in(self) -> &'a Auditor {
         let auditor = self.auditor;
         auditor.on_the_way.leave(false);
         std::mem::forget(self);
-        auditor.submit_early(entry).await
+        auditor
     }
 }
 
