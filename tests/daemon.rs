@@ -99,29 +99,46 @@ async fn rs384_and_es384_assertions_verify_against_the_served_jwks_with_independ
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_assertions_have_a_thousand_distinct_jtis() {
-    let d = Arc::new(started().await);
+/// `workers` concurrent callers, each asking for `each` assertions in turn,
+/// the algorithm picked by `alg(worker, i)`; every answer, in no order.
+async fn sign_concurrently(
+    d: &Arc<Daemon>,
+    workers: usize,
+    each: usize,
+    alg: fn(usize, usize) -> &'static str,
+) -> Vec<Value> {
     let mut tasks = Vec::new();
-    for worker in 0..10 {
+    for worker in 0..workers {
         let d = d.clone();
         tasks.push(tokio::spawn(async move {
-            let mut jtis = Vec::new();
-            for i in 0..100 {
-                let alg = if (worker + i) % 10 == 0 {
-                    "RS384"
-                } else {
-                    "ES384"
-                };
-                jtis.push(d.assertion(alg).await["jti"].as_str().unwrap().to_owned());
+            let mut answers = Vec::new();
+            for i in 0..each {
+                answers.push(d.assertion(alg(worker, i)).await);
             }
-            jtis
+            answers
         }));
     }
     let mut all = Vec::new();
     for t in tasks {
         all.extend(t.await.unwrap());
     }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_assertions_have_a_thousand_distinct_jtis() {
+    let d = Arc::new(started().await);
+    let all: Vec<String> = sign_concurrently(&d, 10, 100, |worker, i| {
+        if (worker + i) % 10 == 0 {
+            "RS384"
+        } else {
+            "ES384"
+        }
+    })
+    .await
+    .iter()
+    .map(|a| a["jti"].as_str().unwrap().to_owned())
+    .collect();
     let distinct: HashSet<&String> = all.iter().collect();
     assert_eq!(all.len(), 1000);
     assert_eq!(distinct.len(), 1000);
@@ -166,30 +183,22 @@ async fn every_assertion_answered_is_in_the_audit_chain_once_with_its_kid() {
         assert_eq!(stored[0].2, a["kid"].as_str().unwrap());
     }
     // Concurrent, both algorithms mixed.
-    let mut tasks = Vec::new();
-    for worker in 0..8 {
-        let d = d.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut answers = Vec::new();
-            for i in 0..12 {
-                let alg = if (worker + i) % 3 == 0 {
-                    "ES384"
-                } else {
-                    "RS384"
-                };
-                let a = d.assertion(alg).await;
-                answers.push((
-                    a["jti"].as_str().unwrap().to_owned(),
-                    a["kid"].as_str().unwrap().to_owned(),
-                ));
-            }
-            answers
-        }));
-    }
-    let mut answers = Vec::new();
-    for t in tasks {
-        answers.extend(t.await.unwrap());
-    }
+    let answers: Vec<(String, String)> = sign_concurrently(&d, 8, 12, |worker, i| {
+        if (worker + i) % 3 == 0 {
+            "ES384"
+        } else {
+            "RS384"
+        }
+    })
+    .await
+    .iter()
+    .map(|a| {
+        (
+            a["jti"].as_str().unwrap().to_owned(),
+            a["kid"].as_str().unwrap().to_owned(),
+        )
+    })
+    .collect();
     let stored = stored_sign_records(&d);
     assert_eq!(stored.len(), 8 + answers.len(), "one record per answer");
     for (jti, kid) in &answers {
