@@ -8,11 +8,12 @@ use std::sync::{Arc, RwLock};
 
 use axum::http::HeaderValue;
 
+use crate::config::policy::Policies;
 use crate::jose::{Jwk, JwksDocument, encode_jwks};
 use crate::keys::SigningKey;
-use crate::policy::Policies;
-use crate::seal::MasterKey;
-use crate::store::{Store, StoreError, StoredKey};
+use crate::keys::seal::MasterKey;
+use crate::lifecycle::model::StoredKey;
+use crate::store::{Store, StoreError};
 use crate::types::{Alg, KeyState, SetName};
 
 /// One set as served.

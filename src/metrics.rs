@@ -10,8 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::auditor::AuditMetrics;
-use crate::daemon::Shared;
+use crate::audit::writer::AuditMetrics;
+use crate::state::Shared;
 use crate::types::KeyState;
 
 /// Labels of a signature request.
@@ -161,7 +161,7 @@ impl Metrics {
 
     /// Creates the `ok` series of every (set, alg, client) the policies
     /// allow, so dashboards and alerts see zeros instead of missing series.
-    pub fn prime(&self, policies: &crate::policy::Policies) {
+    pub fn prime(&self, policies: &crate::config::policy::Policies) {
         for p in policies.iter() {
             for alg in &p.algorithms {
                 for c in &p.clients {

@@ -242,8 +242,13 @@ async fn kill_9_in_the_middle_of_rotations_loses_nothing_and_never_makes_two_sig
         // point each round (before, during or after the transaction).
         let rotate = tokio::spawn(async move {
             let body = json!({"set": "default", "alg": if round % 2 == 0 { "RS384" } else { "ES384" }, "now": true});
-            let _ =
-                jwksd::client::call(&socket, Method::POST, "/v1/admin/rotate", Some(body)).await;
+            let _ = jwksd::commands::client::call(
+                &socket,
+                Method::POST,
+                "/v1/admin/rotate",
+                Some(body),
+            )
+            .await;
         });
         tokio::time::sleep(Duration::from_millis(round * 15)).await;
         d.kill9();

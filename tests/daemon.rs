@@ -526,7 +526,7 @@ async fn the_store_holds_no_usable_private_key_and_the_log_no_key_material() {
     d.assertion("RS384").await;
     d.assertion("ES384").await;
     let master_text = std::fs::read_to_string(d.dir.join("master.key")).unwrap();
-    let master = jwksd::seal::MasterKey::from_base64(&master_text).unwrap();
+    let master = jwksd::keys::seal::MasterKey::from_base64(&master_text).unwrap();
     // Read the sealed blobs as any reader of the file could.
     let db = d.dir.join("jwksd.db");
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
@@ -553,7 +553,7 @@ async fn the_store_holds_no_usable_private_key_and_the_log_no_key_material() {
         let alg: jwksd::types::Alg = alg.parse().unwrap();
         let kid = jwksd::types::Kid::from_stored(kid);
         // The blob itself is no key...
-        let raw = jwksd::secret::SecretBytes::copy_from(&sealed);
+        let raw = jwksd::keys::secret::SecretBytes::copy_from(&sealed);
         assert!(jwksd::keys::SigningKey::from_pkcs8(alg, kid.clone(), &raw).is_err());
         // ...but it is this key, sealed: the master key opens it.
         let pkcs8 = master.open(&kid, &sealed).unwrap();

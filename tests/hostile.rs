@@ -324,7 +324,7 @@ fn mutated(text: &'static str) -> impl Strategy<Value = String> {
 #[test]
 fn fuzz_policy_and_config_parsers_never_panic() {
     use jwksd::config::Config;
-    use jwksd::policy::Policy;
+    use jwksd::config::policy::Policy;
     assert!(Policy::from_toml(Path::new("p.toml"), POLICY).is_ok());
     assert!(Config::from_toml(Path::new("/etc/jwksd/jwksd.toml"), CONFIG).is_ok());
     let config = PtConfig {

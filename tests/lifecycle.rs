@@ -14,10 +14,9 @@ use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 
 use jwksd::clock::Clock;
-use jwksd::policy::Policy;
-use jwksd::scheduler::{Event, EventKind};
-use jwksd::simulate::Simulation;
-use jwksd::store::StoredKey;
+use jwksd::config::policy::Policy;
+use jwksd::lifecycle::model::{Event, EventKind, StoredKey};
+use jwksd::lifecycle::simulate::Simulation;
 use jwksd::types::{Alg, KeyState};
 
 fn utc(s: &str) -> DateTime<Utc> {
@@ -615,7 +614,7 @@ fn sim_case(case: Case) -> (usize, usize) {
             assert_eq!(sim.clock.now(), now, "a tick does not move the clock");
             // Rule 6: after a tick nothing is due until a stored timestamp.
             let next = sim
-                .scheduler
+                .executor
                 .next_due()
                 .await
                 .unwrap()
@@ -984,7 +983,7 @@ fn rotate_without_now_moves_the_pending_key_forward_but_keeps_publish_ahead() {
         let sim = ops_sim().await;
         let set = jwksd::types::SetName::new("ops").unwrap();
         sim.clock.set(utc("2026-01-01T12:00:00Z"));
-        let (out, _) = sim.scheduler.rotate(&set, None, false).await.unwrap();
+        let (out, _) = sim.executor.rotate(&set, None, false).await.unwrap();
         assert_eq!(out.activated, None);
         let keys = sim.keys().await.unwrap();
         // Published at 00:00 on Jan 1: signs no earlier than Jan 3 00:00.
@@ -1014,7 +1013,7 @@ fn rotate_now_activates_the_pending_key_at_once_and_generates_its_successor() {
         let set = jwksd::types::SetName::new("ops").unwrap();
         let now = utc("2026-01-01T00:00:10Z");
         sim.clock.set(now);
-        let (out, events) = sim.scheduler.rotate(&set, None, true).await.unwrap();
+        let (out, events) = sim.executor.rotate(&set, None, true).await.unwrap();
         let keys = sim.keys().await.unwrap();
         assert_eq!(out.activated.as_ref(), Some(&keys[1].kid));
         assert_eq!(out.deactivated.as_ref(), Some(&keys[0].kid));
@@ -1048,7 +1047,7 @@ fn revoking_the_active_key_hands_over_to_its_successor_at_once() {
         let now = utc("2026-01-05T00:00:00Z");
         sim.clock.set(now);
         let v1 = sim.keys().await.unwrap()[0].kid.clone();
-        let (out, events) = sim.scheduler.revoke(&v1).await.unwrap();
+        let (out, events) = sim.executor.revoke(&v1).await.unwrap();
         let keys = sim.keys().await.unwrap();
         assert_eq!(out.activated.as_ref(), Some(&keys[1].kid));
         assert_eq!(
@@ -1070,7 +1069,7 @@ fn revoking_the_active_key_hands_over_to_its_successor_at_once() {
         assert!(keys[1].emergency);
         // Revoking the pending key: a new successor, the signer unchanged.
         let v3 = keys[2].kid.clone();
-        let (out, events) = sim.scheduler.revoke(&v3).await.unwrap();
+        let (out, events) = sim.executor.revoke(&v3).await.unwrap();
         assert_eq!(out.activated, None);
         assert_eq!(
             kinds(&events),
@@ -1080,6 +1079,6 @@ fn revoking_the_active_key_hands_over_to_its_successor_at_once() {
         assert_eq!(keys[3].state, KeyState::Pending);
         assert!(keys[3].activate_at.unwrap() >= now + TimeDelta::days(2));
         // A revoked key cannot be revoked again.
-        assert!(sim.scheduler.revoke(&v1).await.is_err());
+        assert!(sim.executor.revoke(&v1).await.is_err());
     });
 }

@@ -332,8 +332,8 @@ async fn master_key_rotation_leaves_every_key_usable_and_the_old_key_useless() {
     assert_eq!(mode, 0o600);
 
     // The old key opens none of the sealed blobs; the new one opens all.
-    let old = jwksd::seal::MasterKey::from_base64(&old_key_text).unwrap();
-    let new = jwksd::seal::MasterKey::from_base64(&new_key_text).unwrap();
+    let old = jwksd::keys::seal::MasterKey::from_base64(&old_key_text).unwrap();
+    let new = jwksd::keys::seal::MasterKey::from_base64(&new_key_text).unwrap();
     let url = format!("sqlite://{}?mode=ro", dir.join("jwksd.db").display());
     let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
     let rows: Vec<(String, Vec<u8>)> =

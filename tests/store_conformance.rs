@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use jwksd::audit::{self, AuditEntry, GENESIS_HASH};
-use jwksd::store::{Applied, Change, PostgresStore, SqliteStore, Store, StoreError, StoredKey};
+use jwksd::lifecycle::model::{Applied, Change, StoredKey};
+use jwksd::store::{PostgresStore, SqliteStore, Store, StoreError};
 use jwksd::types::{Alg, KeyState, Kid, SetName};
 
 use helpers::pg::{PgTestDb, with_database};

@@ -10,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::daemon::Shared;
+use crate::state::Shared;
 
 /// The admin router.
 pub fn router(shared: Arc<Shared>) -> Router {

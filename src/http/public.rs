@@ -14,7 +14,7 @@ use axum::routing::get;
 use bytes::Bytes;
 use http_body_util::Full;
 
-use crate::daemon::Shared;
+use crate::state::Shared;
 
 /// The public router. GET routes answer HEAD with the same headers.
 pub fn router(shared: Arc<Shared>) -> Router {

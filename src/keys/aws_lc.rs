@@ -12,7 +12,7 @@ use aws_lc_rs::signature::{
 };
 
 use super::{EC_COORD_LEN, KeyError, PublicKey};
-use crate::secret::SecretBytes;
+use crate::keys::secret::SecretBytes;
 use crate::types::Alg;
 
 /// A parsed private key, ready to sign.

@@ -1,5 +1,8 @@
-//! Key generation and signing: the only user of the crypto backend
-//! (aws-lc-rs) besides `seal`.
+//! Key material: generation and signing ([`SigningKey`], the aws-lc-rs
+//! backend in `aws_lc`), where new keys come from ([`source`]), sealing
+//! private halves under the master key ([`seal`]) and the one container for
+//! secret bytes ([`secret`]). Nothing outside this folder names the crypto
+//! backend.
 //!
 //! Owns: generating RS384 (RSA) and ES384 (P-384) keys as PKCS#8, parsing a
 //! PKCS#8 key once into a [`SigningKey`], producing JOSE signature bytes, and
@@ -11,10 +14,13 @@
 
 use std::fmt;
 
-use crate::secret::SecretBytes;
+use crate::keys::secret::SecretBytes;
 use crate::types::{Alg, Kid};
 
 mod aws_lc;
+pub mod seal;
+pub mod secret;
+pub mod source;
 
 /// Length in bytes of one P-384 coordinate (and of `r` and `s`).
 pub const EC_COORD_LEN: usize = 48;

@@ -5,8 +5,10 @@ use std::path::Path;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::*;
-use crate::types::Kid;
+use super::model::*;
+use super::plan::*;
+use crate::config::policy::Policy;
+use crate::types::{Alg, KeyState, Kid, SetName};
 
 fn utc(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::assertions::read_json;
 use super::{ApiError, Peer};
 use crate::audit::{AuditEntry, AuditRecord, verify_stored};
-use crate::daemon::Shared;
-use crate::scheduler::{LifecycleError, RevokeOutcome, RotateOutcome};
+use crate::lifecycle::executor::{LifecycleError, RevokeOutcome, RotateOutcome};
+use crate::state::Shared;
 use crate::types::{Alg, Kid, SetName};
 
 #[derive(Debug, Deserialize)]

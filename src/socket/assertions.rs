@@ -10,9 +10,9 @@ use axum::extract::{ConnectInfo, Request, State};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, MAX_BODY, Peer};
-use crate::auditor::{Receipt, Ticket};
-use crate::daemon::Shared;
+use crate::audit::writer::{Receipt, Ticket};
 use crate::jose::{AssertionClaims, JwtHeader, encode_jws, new_jti};
+use crate::state::Shared;
 use crate::types::{Alg, SetName};
 
 #[derive(Debug, Deserialize)]

@@ -9,8 +9,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, Peer};
-use crate::daemon::Shared;
-use crate::store::StoredKey;
+use crate::lifecycle::model::StoredKey;
+use crate::state::Shared;
 
 /// One key as listed: public facts only, times RFC 3339 UTC with `Z`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,8 +16,8 @@ use axum::Router;
 use axum::routing::{get, post};
 
 use crate::audit::AuditEntry;
-use crate::daemon::Shared;
-use crate::policy::{CallerMatch, CallerPolicy, Policies, Policy};
+use crate::config::policy::{CallerMatch, CallerPolicy, Policies, Policy};
+use crate::state::Shared;
 
 pub use error::ApiError;
 pub use keys::{KeyView, key_view};

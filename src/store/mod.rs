@@ -38,124 +38,17 @@ mod sqlite_audit;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::config::StoreUrl;
-use crate::types::{Alg, KeyState, Kid, SetName};
+use crate::lifecycle::model::{Applied, Change, StoredKey};
+use crate::types::Kid;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// The name of the one lease row used for lifecycle leadership.
 pub const LIFECYCLE_LEASE: &str = "lifecycle";
-
-/// A key as stored. The private half, when present, is sealed (see `seal`).
-#[derive(Clone, PartialEq, Eq)]
-pub struct StoredKey {
-    pub set: SetName,
-    pub alg: Alg,
-    pub kid: Kid,
-    pub version: u32,
-    pub state: KeyState,
-    /// The public JWK as published (JSON text).
-    pub public_jwk: String,
-    /// AES-256-GCM sealed PKCS#8, only while pending or active.
-    pub sealed_private: Option<Vec<u8>>,
-    pub created_at: DateTime<Utc>,
-    /// When the key entered the JWKS (= generation time).
-    pub publish_at: DateTime<Utc>,
-    /// Planned (pending) or actual activation.
-    pub activate_at: Option<DateTime<Utc>>,
-    /// When it left `active`; `None` while it has not.
-    pub deactivate_at: Option<DateTime<Utc>>,
-    /// When it leaves (or left) the JWKS.
-    pub retire_at: Option<DateTime<Utc>>,
-    /// Whether it was activated by `rotate --now` or a revocation,
-    /// skipping pre-publication (DESIGN rule 8).
-    pub emergency: bool,
-}
-
-impl std::fmt::Debug for StoredKey {
-    // The sealed blob is ciphertext, but it has no business in logs either.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoredKey")
-            .field("kid", &self.kid)
-            .field("state", &self.state)
-            .field("publish_at", &self.publish_at)
-            .field("activate_at", &self.activate_at)
-            .field("deactivate_at", &self.deactivate_at)
-            .field("retire_at", &self.retire_at)
-            .field(
-                "sealed_private",
-                &self.sealed_private.as_ref().map(|_| "<sealed>"),
-            )
-            .finish()
-    }
-}
-
-/// One change to the keys, applied atomically with its precondition re-checked.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Change {
-    /// Add a freshly generated key. As `Pending` it must be the only pending
-    /// key of its (set, alg); as `Active` (bootstrap, or no signer left) there
-    /// must be no active key. `version` must be one above the highest.
-    Insert(StoredKey),
-    /// Make the pending key `kid` the signer. The current active key (if any)
-    /// becomes retiring with `retire_at`, its private half erased. Unless
-    /// `emergency`, the pending key's `activate_at` must be `<= at`.
-    Activate {
-        set: SetName,
-        alg: Alg,
-        kid: Kid,
-        at: DateTime<Utc>,
-        retire_at: DateTime<Utc>,
-        emergency: bool,
-    },
-    /// A retiring key whose `retire_at` has passed leaves the JWKS.
-    Retire { kid: Kid, at: DateTime<Utc> },
-    /// Remove a key from the JWKS at once and erase its private half. If it
-    /// was the active key, the pending successor activates in the same
-    /// transaction (DESIGN rule 8).
-    Revoke { kid: Kid, at: DateTime<Utc> },
-    /// Move a pending key's planned activation.
-    Reschedule {
-        kid: Kid,
-        activate_at: DateTime<Utc>,
-    },
-}
-
-impl std::fmt::Debug for Change {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Change::Insert(k) => write!(f, "Insert({} as {})", k.kid, k.state),
-            Change::Activate {
-                kid, at, emergency, ..
-            } => {
-                write!(f, "Activate({kid} at {at}, emergency={emergency})")
-            }
-            Change::Retire { kid, at } => write!(f, "Retire({kid} at {at})"),
-            Change::Revoke { kid, at } => write!(f, "Revoke({kid} at {at})"),
-            Change::Reschedule { kid, activate_at } => {
-                write!(f, "Reschedule({kid} to {activate_at})")
-            }
-        }
-    }
-}
-
-/// What applying a change did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Applied {
-    /// Committed. For `Activate` and `Revoke`, `deactivated` is the key that
-    /// stopped signing and `activated` the one that started.
-    Done {
-        activated: Option<Kid>,
-        deactivated: Option<Kid>,
-    },
-    /// The precondition no longer held (another replica or an earlier tick
-    /// got there first); nothing changed.
-    Stale(String),
-}
 
 /// Why the store could not answer. Database text stays in `Backend` and is
 /// never shown to socket or HTTP callers.

@@ -32,10 +32,9 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{Postgres, Row, SqlSafeStr, Transaction};
 use tokio::sync::Notify;
 
-use super::{
-    AUDIT_COLUMNS, Applied, Change, LIFECYCLE_LEASE, Store, StoreError, StoredKey, append_audit_in,
-};
+use super::{AUDIT_COLUMNS, LIFECYCLE_LEASE, Store, StoreError, append_audit_in};
 use crate::audit::{AuditEntry, AuditRecord};
+use crate::lifecycle::model::{Applied, Change, StoredKey};
 use crate::types::{Alg, KeyState, Kid, SetName};
 
 /// The channel every committed key change notifies.

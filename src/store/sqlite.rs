@@ -26,10 +26,10 @@ use sqlx::{Row, SqlSafeStr, Sqlite, Transaction};
 use tokio::sync::Notify;
 
 use super::{
-    AUDIT_COLUMNS, Applied, Change, LIFECYCLE_LEASE, Store, StoreError, StoredKey, append_audit_in,
-    sqlite_audit::AuditAppender,
+    AUDIT_COLUMNS, LIFECYCLE_LEASE, Store, StoreError, append_audit_in, sqlite_audit::AuditAppender,
 };
 use crate::audit::{AuditEntry, AuditRecord};
+use crate::lifecycle::model::{Applied, Change, StoredKey};
 use crate::types::{Alg, KeyState, Kid, SetName};
 
 /// Migrations are compiled into the binary: a deployed daemon never looks

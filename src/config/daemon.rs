@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::policy::toml_position;
-use crate::url::parse_web_url;
+use super::check::toml_position;
+use super::url::parse_web_url;
 
 /// Environment variable naming the config file (before `./jwksd.toml`).
 pub const CONFIG_ENV: &str = "JWKSD_CONFIG";

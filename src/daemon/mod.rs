@@ -3,6 +3,8 @@
 //! already-bound listeners and a shutdown token, so tests start the real
 //! daemon on port 0 and a temporary socket.
 
+pub mod hygiene;
+
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -12,16 +14,17 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auditor::Auditor;
+use crate::audit::writer::Auditor;
 use crate::clock::Clock;
-use crate::keyring::{Keyring, KeyringError};
+use crate::config::policy::Policies;
+use crate::keyring::Keyring;
+use crate::keys::seal::MasterKey;
+use crate::keys::source::KeySource;
+use crate::lifecycle::Executor;
 use crate::metrics::Metrics;
-use crate::policy::Policies;
-use crate::scheduler::{KeySource, Scheduler};
-use crate::seal::MasterKey;
-use crate::signing_pool::SigningPool;
+use crate::state::Shared;
 use crate::store::Store;
-use crate::types::SetName;
+use crate::workers::signing_pool::SigningPool;
 
 /// How often the lifecycle looks at the stored timestamps (DESIGN rule 6:
 /// a short tick, never a long sleep).
@@ -33,49 +36,6 @@ const LEASE_TTL_S: u32 = 15;
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Longest wait between retries of a failing tick.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-
-/// State shared by every request handler and the tick loop.
-pub struct Shared {
-    pub keyring: Keyring,
-    pub scheduler: Scheduler,
-    pub store: Arc<dyn Store>,
-    pub master: Arc<MasterKey>,
-    pub auditor: Auditor,
-    pub metrics: Metrics,
-    /// `server.public_url` without a trailing `/`.
-    pub public_url: String,
-    /// The RSA signing threads, one per core (see `signing_pool`).
-    pub signers: SigningPool,
-    /// Per-caller bounds from the policies' `[[callers]]`.
-    pub caller_limits: crate::socket::CallerLimits,
-}
-
-impl Shared {
-    /// The public URL of a set's JWKS (the `jku` header value).
-    pub fn jwks_url(&self, set: &SetName) -> String {
-        if set.as_str() == "default" {
-            format!("{}/.well-known/jwks.json", self.public_url)
-        } else {
-            format!("{}/jwks/{set}.json", self.public_url)
-        }
-    }
-
-    /// Rebuilds what this replica serves from the store.
-    pub async fn refresh(&self) -> Result<(), KeyringError> {
-        let policies = self.scheduler.policies();
-        match self
-            .keyring
-            .refresh(self.store.as_ref(), &policies, &self.master)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                self.metrics.store_errors.inc();
-                Err(e)
-            }
-        }
-    }
-}
 
 /// What the daemon is made of, built by the caller (`main` or a test).
 pub struct Parts {
@@ -126,7 +86,7 @@ pub async fn run(
         metrics.audit.clone(),
     );
     let policies = Arc::new(RwLock::new(Arc::new(parts.policies)));
-    let scheduler = Scheduler::new(
+    let scheduler = Executor::new(
         parts.store.clone(),
         parts.master.clone(),
         parts.keygen,
@@ -173,7 +133,7 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    crate::hygiene::notify_ready();
+    crate::daemon::hygiene::notify_ready();
     let holder = lease_holder_id();
     let changes = shared.store.changes();
     let mut leader = false;
@@ -260,7 +220,7 @@ pub async fn run(
             tokio::time::timeout(Duration::from_secs(2), shared.store.release_lease(&holder)).await;
         shared.metrics.leader.set(0);
     }
-    crate::hygiene::notify_stopping();
+    crate::daemon::hygiene::notify_stopping();
     tracker.close();
     tracker.wait().await;
     drop(shared);
@@ -319,7 +279,7 @@ async fn serve_tcp(listener: TcpListener, router: axum::Router, shutdown: Cancel
 async fn reload_policies(
     shared: &Shared,
     dir: &std::path::Path,
-    handle: &crate::scheduler::PolicyHandle,
+    handle: &crate::lifecycle::executor::PolicyHandle,
 ) {
     let mut entry = crate::audit::entry(shared.scheduler.clock().now(), "reload", "ok");
     match Policies::load_dir(dir) {

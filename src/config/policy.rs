@@ -1,7 +1,7 @@
 //! Policy files (`policies/*.toml`, one key set each): the raw serde form,
 //! every validation rule with its message, and the validated [`Policy`] the
-//! rest of the daemon works from. Also the schedule arithmetic
-//! ([`Schedule::next_activation`]) because it is a pure function of the policy.
+//! rest of the daemon works from. What a [`Schedule`] means in time (its
+//! arithmetic) is the lifecycle's: `lifecycle::schedule`.
 //!
 //! Owns: parsing and checking policies, resolving caller user/group names to
 //! ids at load. Does not own: deciding transitions (the lifecycle does), or
@@ -14,15 +14,15 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chrono::{DateTime, NaiveDate, TimeDelta, TimeZone, Utc};
+use chrono::{NaiveDate, TimeZone};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use serde::Deserialize;
 
-use crate::clock::whole_seconds;
+use super::check::toml_position;
+use super::url::parse_web_url;
 use crate::types::{Alg, SetName, Span};
-use crate::url::parse_web_url;
 
 /// Default `algorithms`: both, RS384 first (so `sign` defaults to RS384).
 pub const DEFAULT_ALGORITHMS: [Alg; 2] = Alg::ALL;
@@ -212,46 +212,6 @@ pub enum Schedule {
     Every(Span),
 }
 
-impl Schedule {
-    /// First activation time for the successor of a key activated at `current_activated_at`
-    /// that is >= `earliest` (earliest is computed by the caller as now + publish_ahead).
-    ///
-    /// - Cron: the first cron point at or after `earliest`, evaluated in `tz`,
-    ///   returned in UTC, whole seconds. Across DST: a wall-clock time that
-    ///   does not exist (spring forward, e.g. 02:30 on 2026-03-08 in
-    ///   America/New_York) runs at the first real instant after the gap
-    ///   (03:00 EDT); a wall-clock time that happens twice (fall back) runs
-    ///   once, at the earlier instant.
-    /// - Every(d): `max(current_activated_at + d, earliest)`.
-    ///
-    /// The result is always a real instant `>= earliest`, rounded up to a
-    /// whole second, and this never panics. Should croner fail to find a
-    /// point (load refuses expressions that never match, so this can only
-    /// happen at the edge of chrono's range), the answer is `earliest`:
-    /// rotating early still honours `publish_ahead`.
-    pub fn next_activation(
-        &self,
-        current_activated_at: DateTime<Utc>,
-        earliest: DateTime<Utc>,
-    ) -> DateTime<Utc> {
-        let earliest = ceil_second(earliest);
-        match self {
-            Schedule::Every(period) => {
-                let due = current_activated_at
-                    .checked_add_signed(period.to_chrono())
-                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
-                ceil_second(due.max(earliest))
-            }
-            Schedule::Cron { cron, tz, .. } => {
-                match cron.find_next_occurrence(&earliest.with_timezone(tz), true) {
-                    Ok(point) => ceil_second(point.with_timezone(&Utc)).max(earliest),
-                    Err(_) => earliest,
-                }
-            }
-        }
-    }
-}
-
 impl fmt::Display for Schedule {
     /// `rotate = "<expr>" (<tz>)` or `rotate_every = <span>`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -259,18 +219,6 @@ impl fmt::Display for Schedule {
             Schedule::Cron { expr, tz, .. } => write!(f, "rotate = {expr:?} ({tz})"),
             Schedule::Every(span) => write!(f, "rotate_every = {span}"),
         }
-    }
-}
-
-/// Rounds up to a whole second (timestamps are stored as whole seconds).
-fn ceil_second(t: DateTime<Utc>) -> DateTime<Utc> {
-    let floor = whole_seconds(t);
-    if floor == t {
-        t
-    } else {
-        floor
-            .checked_add_signed(TimeDelta::seconds(1))
-            .unwrap_or(floor)
     }
 }
 
@@ -379,22 +327,6 @@ impl Checker<'_> {
             }),
         }
     }
-}
-
-/// 1-based line and column of a toml error, and its message: shared with
-/// the config loader so both report syntax errors the same way.
-pub(crate) fn toml_position(text: &str, err: &toml::de::Error) -> (usize, usize, String) {
-    let (line, column) = match err.span() {
-        Some(span) => {
-            // `get` rather than slicing: never panic on a span off a char boundary.
-            let before = text.get(..span.start).unwrap_or(text);
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            (line, column)
-        }
-        None => (1, 1),
-    };
-    (line, column, err.message().trim().to_owned())
 }
 
 impl Policy {
@@ -946,6 +878,7 @@ impl Policies {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{DateTime, Utc};
 
     const F: &str = "policies/x.toml";
 
@@ -1016,102 +949,6 @@ mod tests {
         let s = cron("30 0 3 1 * *", "UTC");
         let next = s.next_activation(utc("2026-01-01T00:00:00Z"), utc("2026-01-05T12:00:00Z"));
         assert_eq!(next, utc("2026-02-01T03:00:30Z"));
-    }
-
-    #[test]
-    fn cron_next_activation_is_inclusive_of_earliest_and_whole_seconds() {
-        let s = cron("0 0 3 1 * *", "UTC");
-        let at = utc("2026-02-01T03:00:00Z");
-        assert_eq!(s.next_activation(at, at), at);
-        // Just after the point: the next month's point.
-        let after = utc("2026-02-01T03:00:00.5Z");
-        assert_eq!(s.next_activation(at, after), utc("2026-03-01T03:00:00Z"));
-    }
-
-    #[test]
-    fn cron_is_evaluated_in_its_timezone() {
-        let s = cron("0 0 3 1 * *", "America/New_York");
-        // 03:00 EST on 2026-02-01 is 08:00 UTC.
-        let next = s.next_activation(utc("2026-01-01T00:00:00Z"), utc("2026-01-05T00:00:00Z"));
-        assert_eq!(next, utc("2026-02-01T08:00:00Z"));
-        // In summer (EDT, UTC-4) it is 07:00 UTC.
-        let next = s.next_activation(utc("2026-06-01T00:00:00Z"), utc("2026-06-05T00:00:00Z"));
-        assert_eq!(next, utc("2026-07-01T07:00:00Z"));
-    }
-
-    #[test]
-    fn cron_point_missing_on_spring_forward_day_runs_right_after_the_gap() {
-        // 2026-03-08 02:00 EST jumps to 03:00 EDT: 02:30 does not exist.
-        // croner schedules a fixed-time job that falls in the gap at the
-        // first real instant after it: 03:00 EDT = 07:00 UTC.
-        let s = cron("30 2 * * *", "America/New_York");
-        let earliest = utc("2026-03-08T05:00:00Z"); // 00:00 EST
-        let next = s.next_activation(earliest - TimeDelta::days(30), earliest);
-        assert_eq!(next, utc("2026-03-08T07:00:00Z"));
-        // The day after is back to normal: 02:30 EDT = 06:30 UTC.
-        let next = s.next_activation(earliest, utc("2026-03-08T07:00:01Z"));
-        assert_eq!(next, utc("2026-03-09T06:30:00Z"));
-    }
-
-    #[test]
-    fn cron_point_repeated_on_fall_back_day_runs_once_at_the_earlier_instant() {
-        // 2026-11-01 02:00 EDT falls back to 01:00 EST: 01:30 happens twice,
-        // at 05:30 UTC (EDT) and 06:30 UTC (EST). A fixed-time job runs once.
-        let s = cron("30 1 * * *", "America/New_York");
-        let earliest = utc("2026-11-01T04:00:00Z"); // 00:00 EDT
-        let next = s.next_activation(earliest - TimeDelta::days(30), earliest);
-        assert_eq!(next, utc("2026-11-01T05:30:00Z"));
-        // Past the first 01:30 the next point is the following day, 01:30 EST.
-        let next = s.next_activation(earliest, utc("2026-11-01T05:30:01Z"));
-        assert_eq!(next, utc("2026-11-02T06:30:00Z"));
-    }
-
-    #[test]
-    fn cron_next_activation_is_never_before_earliest_around_dst() {
-        let s = cron("*/20 * * * *", "America/New_York");
-        let mut t = utc("2026-03-08T05:00:00Z");
-        while t < utc("2026-03-08T09:00:00Z") {
-            let next = s.next_activation(t, t);
-            assert!(
-                next >= t && next - t <= TimeDelta::minutes(20),
-                "{t} -> {next}"
-            );
-            t += TimeDelta::minutes(7);
-        }
-        let mut t = utc("2026-11-01T04:00:00Z");
-        while t < utc("2026-11-01T08:00:00Z") {
-            let next = s.next_activation(t, t);
-            assert!(
-                next >= t && next - t <= TimeDelta::minutes(20),
-                "{t} -> {next}"
-            );
-            t += TimeDelta::minutes(7);
-        }
-    }
-
-    #[test]
-    fn rotate_every_counts_from_the_current_activation() {
-        let s = with("").unwrap().schedule;
-        let current = utc("2026-01-01T00:00:00Z");
-        assert_eq!(
-            s.next_activation(current, utc("2026-01-03T00:00:00Z")),
-            utc("2026-01-31T00:00:00Z")
-        );
-    }
-
-    #[test]
-    fn rotate_every_is_pushed_to_earliest_when_overdue() {
-        let s = with("").unwrap().schedule;
-        let current = utc("2026-01-01T00:00:00Z");
-        let earliest = utc("2026-02-10T00:00:00Z");
-        assert_eq!(s.next_activation(current, earliest), earliest);
-        // Exactly at the boundary both agree.
-        let due = utc("2026-01-31T00:00:00Z");
-        assert_eq!(s.next_activation(current, due), due);
-        assert_eq!(
-            s.next_activation(current, due + TimeDelta::seconds(1)),
-            due + TimeDelta::seconds(1)
-        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use anyhow::{Context, bail};
 
 use crate::clock::Clock as _;
 use crate::config::Config;
-use crate::seal::{MasterKey, write_new_master_key_file};
+use crate::keys::seal::{MasterKey, write_new_master_key_file};
 
 /// What the rotation did.
 #[derive(Debug)]

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::keys;
-use crate::secret::SecretBytes;
+use crate::keys::secret::SecretBytes;
 use crate::types::Kid;
 
 /// Length of the master key in bytes (AES-256).

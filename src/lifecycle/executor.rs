@@ -2,79 +2,24 @@
 //! them, and applies each transition as one store transaction that re-checks
 //! its precondition. Also the admin operations (rotate, revoke) and the
 //! reschedule after a policy reload. The decisions themselves live in
-//! `lifecycle`; the tick loop lives in `daemon`.
+//! `plan`; the tick loop lives in `daemon`.
 
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::background;
+use super::model::{Applied, Change, Event, EventKind, StoredKey};
+use super::plan::{self as lifecycle, GenerateReason, Step};
 use crate::clock::Clock;
+use crate::config::policy::{Policies, Policy};
 use crate::jose::{Jwk, thumbprint};
-use crate::keys::{self, GeneratedKey, KeyError};
-use crate::lifecycle::{self, GenerateReason, Step};
-use crate::policy::{Policies, Policy};
-use crate::seal::MasterKey;
-use crate::store::{Applied, Change, Store, StoreError, StoredKey};
+use crate::keys::KeyError;
+use crate::keys::seal::MasterKey;
+use crate::keys::source::KeySource;
+use crate::store::{Store, StoreError};
 use crate::types::{Alg, KeyState, Kid, SetName};
-
-/// Where new key pairs come from. The daemon uses [`AwsLcKeys`]; `jwksd
-/// simulate` uses a source of public-only stand-ins, since a simulated year
-/// of rotations needs kids and JWKS entries, never a signature.
-pub trait KeySource: Send + Sync + 'static {
-    /// Generates one key pair. Blocking: called on a low-priority thread of
-    /// its own (`background::run_low_priority`).
-    fn generate(&self, alg: Alg, rsa_bits: u32) -> Result<GeneratedKey, KeyError>;
-}
-
-/// Real keys from aws-lc-rs.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct AwsLcKeys;
-
-impl KeySource for AwsLcKeys {
-    fn generate(&self, alg: Alg, rsa_bits: u32) -> Result<GeneratedKey, KeyError> {
-        keys::generate(alg, rsa_bits)
-    }
-}
-
-/// A lifecycle event, in causal order, with the set's keys right after it.
-#[derive(Debug, Clone)]
-pub struct Event {
-    pub at: DateTime<Utc>,
-    pub kind: EventKind,
-    pub set: SetName,
-    pub alg: Alg,
-    pub kid: Kid,
-    /// The set's keys just after this event's transaction.
-    pub after: Vec<StoredKey>,
-}
-
-/// What happened to a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventKind {
-    Generated,
-    Activated,
-    Deactivated,
-    Retired,
-    Revoked,
-    Rescheduled,
-}
-
-impl EventKind {
-    /// Lowercase name, as in `simulate --json`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Generated => "generated",
-            EventKind::Activated => "activated",
-            EventKind::Deactivated => "deactivated",
-            EventKind::Retired => "retired",
-            EventKind::Revoked => "revoked",
-            EventKind::Rescheduled => "rescheduled",
-        }
-    }
-}
+use crate::workers::background;
 
 /// Why a lifecycle operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +65,7 @@ pub struct RevokeOutcome {
 pub type PolicyHandle = Arc<RwLock<Arc<Policies>>>;
 
 /// Executes lifecycle steps against the store.
-pub struct Scheduler {
+pub struct Executor {
     store: Arc<dyn Store>,
     master: Arc<MasterKey>,
     keygen: Arc<dyn KeySource>,
@@ -136,7 +81,7 @@ pub struct Scheduler {
 /// next tick goes on anyway.
 const MAX_ROUNDS: usize = 16;
 
-impl Scheduler {
+impl Executor {
     pub fn new(
         store: Arc<dyn Store>,
         master: Arc<MasterKey>,
@@ -144,7 +89,7 @@ impl Scheduler {
         clock: Arc<dyn Clock>,
         policies: PolicyHandle,
     ) -> Self {
-        Scheduler {
+        Executor {
             store,
             master,
             keygen,

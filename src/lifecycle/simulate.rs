@@ -1,4 +1,4 @@
-//! `jwksd simulate`: the real scheduler, lifecycle and store code (an
+//! `jwksd simulate`: the real executor, lifecycle and store code (an
 //! in-memory SQLite database) on a simulated clock, jumping from one due
 //! transition to the next. Keys are public-only stand-ins: a simulated year
 //! needs kids and JWKS entries, never a signature, and real RSA-4096
@@ -10,13 +10,15 @@ use std::sync::{Arc, RwLock};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
+use super::executor::Executor;
+use super::model::{Event, StoredKey};
 use crate::clock::{Clock, ManualClock};
+use crate::config::policy::{Policies, Policy};
+use crate::keys::seal::MasterKey;
+use crate::keys::secret::SecretBytes;
+use crate::keys::source::KeySource;
 use crate::keys::{GeneratedKey, KeyError, PublicKey};
-use crate::policy::{Policies, Policy};
-use crate::scheduler::{Event, KeySource, Scheduler};
-use crate::seal::MasterKey;
-use crate::secret::SecretBytes;
-use crate::store::{SqliteStore, Store, StoredKey};
+use crate::store::{SqliteStore, Store};
 use crate::types::{Alg, KeyState};
 
 /// Random public keys with no usable private half.
@@ -109,10 +111,10 @@ pub fn lines_of(event: &Event) -> [Line; 2] {
     ]
 }
 
-/// A simulation in progress: the real scheduler over an in-memory store.
+/// A simulation in progress: the real executor over an in-memory store.
 pub struct Simulation {
     pub clock: Arc<ManualClock>,
-    pub scheduler: Scheduler,
+    pub executor: Executor,
     pub store: Arc<dyn Store>,
 }
 
@@ -125,7 +127,7 @@ impl Simulation {
         let policies = Arc::new(RwLock::new(Arc::new(Policies::from_policies(vec![
             policy,
         ])?)));
-        let scheduler = Scheduler::new(
+        let executor = Executor::new(
             store.clone(),
             Arc::new(master),
             Arc::new(SimulatedKeys),
@@ -134,14 +136,14 @@ impl Simulation {
         );
         Ok(Simulation {
             clock,
-            scheduler,
+            executor,
             store,
         })
     }
 
     /// Runs every transition due now.
     pub async fn tick(&self) -> anyhow::Result<Vec<Event>> {
-        Ok(self.scheduler.tick().await?)
+        Ok(self.executor.tick().await?)
     }
 
     /// Runs until `end`, jumping from one due transition to the next, and
@@ -156,7 +158,7 @@ impl Simulation {
                 on_event(&e);
             }
             let now = self.clock.now();
-            match self.scheduler.next_due().await? {
+            match self.executor.next_due().await? {
                 Some(t) if t <= end => self.clock.set(t.max(now + chrono::Duration::seconds(1))),
                 _ => break,
             }
@@ -191,46 +193,4 @@ pub fn text_line(event: &Event) -> String {
         published,
         active.join(", ")
     )
-}
-
-/// `jwksd simulate`: prints the timeline (text or JSON lines).
-pub async fn cli(args: &crate::cli::SimulateArgs) -> anyhow::Result<std::process::ExitCode> {
-    use anyhow::Context;
-    let policy = Policy::load_file(&args.policy)?;
-    let start = match &args.start {
-        Some(s) => DateTime::parse_from_rfc3339(s)
-            .with_context(|| format!("--start {s:?}: not an RFC 3339 time"))?
-            .with_timezone(&Utc),
-        None => crate::clock::SystemClock.now(),
-    };
-    let end = start + chrono::Duration::days(i64::from(args.days));
-    if !args.json {
-        println!(
-            "simulating set {} ({}) from {} for {} days",
-            policy.name,
-            policy.schedule,
-            rfc3339(start),
-            args.days
-        );
-    }
-    let sim = Simulation::new(policy, start).await?;
-    let json = args.json;
-    let mut failed: Option<anyhow::Error> = None;
-    sim.run_until(end, |event| {
-        if json {
-            for line in lines_of(event) {
-                match serde_json::to_string(&line) {
-                    Ok(s) => println!("{s}"),
-                    Err(e) => failed = Some(e.into()),
-                }
-            }
-        } else {
-            println!("{}", text_line(event));
-        }
-    })
-    .await?;
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(std::process::ExitCode::SUCCESS),
-    }
 }

@@ -99,7 +99,7 @@ pub fn run(dir: &Path) -> anyhow::Result<InitReport> {
     if key.exists() {
         report.kept.push(key);
     } else {
-        crate::seal::write_new_master_key_file(&key)
+        crate::keys::seal::write_new_master_key_file(&key)
             .with_context(|| format!("cannot create {}", key.display()))?;
         report.written.push(key);
     }

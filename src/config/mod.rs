@@ -1,0 +1,15 @@
+//! The files jwksd reads: the daemon config (`jwksd.toml`, [`daemon`]) and
+//! the policy files (`policies/*.toml`, [`policy`]). Each goes from its raw
+//! serde form to validated values; every refusal names the file, the field
+//! and the rule, through the one [`check`] vocabulary both share.
+//!
+//! Owns: parsing and validating. Does not own: acting on the values (the
+//! daemon wires them, the lifecycle schedules from them).
+
+pub mod check;
+pub mod daemon;
+pub mod policy;
+pub mod url;
+
+pub use daemon::{Config, ConfigError, ServerConfig, StoreUrl, default_config_path, redact_url};
+pub use policy::{Policies, Policy, PolicyError};
