@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use axum::http::HeaderValue;
+use prometheus_client::metrics::counter::Counter;
 
+use crate::config::live::LivePolicies;
 use crate::config::policy::Policies;
 use crate::jose::{Jwk, JwksDocument, encode_jwks};
 use crate::keys::SigningKey;
@@ -69,13 +71,34 @@ pub enum KeyringError {
     Unseal { kid: String, reason: String },
 }
 
-/// The swappable snapshot.
-#[derive(Default)]
+/// The swappable snapshot, and where it is rebuilt from.
 pub struct Keyring {
     current: RwLock<Arc<Snapshot>>,
+    store: Arc<dyn Store>,
+    policies: LivePolicies,
+    master: Arc<MasterKey>,
+    /// Bumped when a refresh fails (`jwksd_store_errors`).
+    store_errors: Counter,
 }
 
 impl Keyring {
+    /// An empty keyring (nothing served) that refreshes from `store`, with
+    /// the policies in force and the master key that opens private halves.
+    pub fn new(
+        store: Arc<dyn Store>,
+        policies: LivePolicies,
+        master: Arc<MasterKey>,
+        store_errors: Counter,
+    ) -> Self {
+        Keyring {
+            current: RwLock::default(),
+            store,
+            policies,
+            master,
+            store_errors,
+        }
+    }
+
     /// The snapshot in force (cheap: one `Arc` clone).
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current
@@ -84,18 +107,23 @@ impl Keyring {
             .clone()
     }
 
-    /// Rebuilds the snapshot from the store. Signing keys already unsealed
-    /// are reused, so a refresh costs one query and the JWKS encoding.
-    pub async fn refresh(
-        &self,
-        store: &dyn Store,
-        policies: &Policies,
-        master: &MasterKey,
-    ) -> Result<Arc<Snapshot>, KeyringError> {
-        let revision = store.revision().await?;
-        let keys = store.keys().await?;
+    /// Rebuilds the snapshot from the store under the policies in force.
+    /// Signing keys already unsealed are reused, so a refresh costs one query
+    /// and the JWKS encoding. On failure the previous snapshot stays.
+    pub async fn refresh(&self) -> Result<Arc<Snapshot>, KeyringError> {
+        let result = self.rebuild().await;
+        if result.is_err() {
+            self.store_errors.inc();
+        }
+        result
+    }
+
+    async fn rebuild(&self) -> Result<Arc<Snapshot>, KeyringError> {
+        let revision = self.store.revision().await?;
+        let keys = self.store.keys().await?;
         let old = self.snapshot();
-        let snapshot = Arc::new(build(revision, keys, policies, master, &old)?);
+        let policies = self.policies.current();
+        let snapshot = Arc::new(build(revision, keys, &policies, &self.master, &old)?);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = snapshot.clone();
         Ok(snapshot)
     }

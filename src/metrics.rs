@@ -10,8 +10,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use chrono::{DateTime, Utc};
+
 use crate::audit::writer::AuditMetrics;
-use crate::state::Shared;
+use crate::config::policy::Policies;
+use crate::lifecycle::model::StoredKey;
+use crate::lifecycle::plan::earliest_activation;
 use crate::types::KeyState;
 
 /// Labels of a signature request.
@@ -161,7 +165,7 @@ impl Metrics {
 
     /// Creates the `ok` series of every (set, alg, client) the policies
     /// allow, so dashboards and alerts see zeros instead of missing series.
-    pub fn prime(&self, policies: &crate::config::policy::Policies) {
+    pub fn prime(&self, policies: &Policies) {
         for p in policies.iter() {
             for alg in &p.algorithms {
                 for c in &p.clients {
@@ -176,12 +180,10 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self, shared: &Shared) -> String {
-        let now = shared.scheduler.clock().now();
-        let snapshot = shared.keyring.snapshot();
-        let policies = shared.scheduler.policies();
-        for k in snapshot.keys.iter() {
+    /// The Prometheus text exposition at `now`, the key gauges computed
+    /// from `keys` (what this replica serves) under `policies`.
+    pub fn render(&self, now: DateTime<Utc>, keys: &[StoredKey], policies: &Policies) -> String {
+        for k in keys {
             let labels = SlotLabels {
                 set: k.set.to_string(),
                 alg: k.alg.to_string(),
@@ -195,7 +197,7 @@ impl Metrics {
                 }
                 KeyState::Pending => {
                     if let Some(p) = policies.get(&k.set) {
-                        let at = crate::lifecycle::earliest_activation(p, k);
+                        let at = earliest_activation(p, k);
                         self.next_transition
                             .get_or_create(&labels)
                             .set((at - now).num_seconds());

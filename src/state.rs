@@ -1,56 +1,37 @@
-//! [`Shared`]: the handles every server and the tick loop read. Built once
-//! by the daemon; each router takes what it needs from it.
+//! [`Shared`]: the handles the daemon builds once and hands out. Each
+//! router builds its own state from it, taking only what it uses, so a
+//! handler's signature says what it can touch; nothing here does any work.
 
 use std::sync::Arc;
 
-use crate::audit::Auditor;
-use crate::keyring::{Keyring, KeyringError};
-use crate::keys::seal::MasterKey;
-use crate::lifecycle::Executor;
+use crate::audit::writer::Auditor;
+use crate::clock::Clock;
+use crate::config::live::LivePolicies;
+use crate::http::paths::PublicUrl;
+use crate::keyring::Keyring;
+use crate::lifecycle::executor::Executor;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::types::SetName;
 use crate::workers::signing_pool::SigningPool;
 
-/// State shared by every request handler and the tick loop.
+/// Every handle a server or the lease loop may need. Cloning it clones the
+/// handles (reference counts), never what they point to.
+#[derive(Clone)]
 pub struct Shared {
-    pub keyring: Keyring,
-    pub scheduler: Executor,
+    /// The policies in force (replaced whole by a reload).
+    pub policies: LivePolicies,
+    /// The injected clock: `GuardedClock::system()` in the daemon.
+    pub clock: Arc<dyn Clock>,
     pub store: Arc<dyn Store>,
-    pub master: Arc<MasterKey>,
+    /// What this replica serves: JWKS bytes and the active signing keys.
+    pub keyring: Arc<Keyring>,
+    /// The audit writer. Its task ends when the last clone is dropped.
     pub auditor: Auditor,
-    pub metrics: Metrics,
-    /// `server.public_url` without a trailing `/`.
-    pub public_url: String,
-    /// The RSA signing threads, one per core (see `signing_pool`).
-    pub signers: SigningPool,
-    /// Per-caller bounds from the policies' `[[callers]]`.
-    pub caller_limits: crate::socket::CallerLimits,
-}
-
-impl Shared {
-    /// The public URL of a set's JWKS (the `jku` header value).
-    pub fn jwks_url(&self, set: &SetName) -> String {
-        if set.as_str() == "default" {
-            format!("{}/.well-known/jwks.json", self.public_url)
-        } else {
-            format!("{}/jwks/{set}.json", self.public_url)
-        }
-    }
-
-    /// Rebuilds what this replica serves from the store.
-    pub async fn refresh(&self) -> Result<(), KeyringError> {
-        let policies = self.scheduler.policies();
-        match self
-            .keyring
-            .refresh(self.store.as_ref(), &policies, &self.master)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                self.metrics.store_errors.inc();
-                Err(e)
-            }
-        }
-    }
+    pub metrics: Arc<Metrics>,
+    /// The RSA signing threads, one per core (`workers::signing_pool`).
+    pub signers: Arc<SigningPool>,
+    /// The one path of every key change (ticks and admin calls).
+    pub lifecycle: Arc<Executor>,
+    /// `server.public_url`, for `jku` headers.
+    pub public_url: PublicUrl,
 }

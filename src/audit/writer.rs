@@ -30,7 +30,7 @@ use std::time::Duration;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::audit::AuditEntry;
+use crate::audit::chain::AuditEntry;
 use crate::store::Store;
 
 /// Upper bound of entries per transaction.

@@ -9,10 +9,11 @@ use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use super::load_config;
+use super::locate::load_config;
 use crate::cli::Cli;
 use crate::config::policy::Policies;
 use crate::daemon::{Listeners, Parts};
+use crate::http::paths::{DEFAULT_SET_PATH, PublicUrl};
 
 pub(super) async fn run(cli: &Cli, allow_root: bool) -> anyhow::Result<ExitCode> {
     crate::daemon::hygiene::check_user(allow_root)?;
@@ -53,7 +54,7 @@ pub(super) async fn run(cli: &Cli, allow_root: bool) -> anyhow::Result<ExitCode>
     )?;
     let public_addr = public.local_addr()?;
     let admin_addr = admin.as_ref().map(|a| a.local_addr()).transpose()?;
-    let public_url = config.server.public_url.trim_end_matches('/').to_owned();
+    let public_url = PublicUrl::new(&config.server.public_url);
 
     let shutdown = CancellationToken::new();
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
@@ -64,9 +65,9 @@ pub(super) async fn run(cli: &Cli, allow_root: bool) -> anyhow::Result<ExitCode>
         admin_addr.map_or("off".to_owned(), |a| a.to_string()),
         socket_path.display()
     );
-    println!("  JWKS URL:   {public_url}/.well-known/jwks.json");
+    println!("  JWKS URL:   {}{DEFAULT_SET_PATH}", public_url.as_str());
     for p in policies.iter().filter(|p| p.name.as_str() != "default") {
-        println!("  JWKS URL:   {public_url}/jwks/{}.json", p.name);
+        println!("  JWKS URL:   {}", public_url.jwks_url(&p.name));
     }
     println!("  socket:     {}", socket_path.display());
     if let Some(a) = admin_addr {
@@ -84,7 +85,7 @@ pub(super) async fn run(cli: &Cli, allow_root: bool) -> anyhow::Result<ExitCode>
         public_url,
         audit_spool: Some(config.audit_spool.clone()),
         audit_retention: config.audit_retention,
-        socket_limits: crate::socket::SocketLimits {
+        socket_limits: crate::socket::server::SocketLimits {
             max_connections: config.server.max_connections,
             header_timeout: config.server.header_timeout,
             ..Default::default()

@@ -8,8 +8,10 @@
 
 pub mod check;
 pub mod daemon;
+pub mod live;
 pub mod policy;
 pub mod url;
 
 pub use daemon::{Config, ConfigError, ServerConfig, StoreUrl, default_config_path, redact_url};
+pub use live::LivePolicies;
 pub use policy::{Policies, Policy, PolicyError};

@@ -1,13 +1,15 @@
-//! The running daemon: shared state, the lifecycle tick loop, policy reload,
-//! and the three servers (public HTTP, admin HTTP, Unix socket). `run` takes
-//! already-bound listeners and a shutdown token, so tests start the real
-//! daemon on port 0 and a temporary socket.
+//! The running daemon: builds [`Shared`] from its [`Parts`], starts the
+//! servers (public HTTP, admin HTTP, Unix socket) and the lease loop
+//! (`ticker`), and shuts them down in order. `run` takes already-bound
+//! listeners and a shutdown token, so tests start the real daemon on port 0
+//! and a temporary socket.
 
 pub mod hygiene;
+mod reload;
+mod ticker;
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
@@ -16,26 +18,22 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::writer::Auditor;
 use crate::clock::Clock;
+use crate::config::live::LivePolicies;
 use crate::config::policy::Policies;
+use crate::http::paths::PublicUrl;
+use crate::http::tls::CertStore;
 use crate::keyring::Keyring;
 use crate::keys::seal::MasterKey;
 use crate::keys::source::KeySource;
-use crate::lifecycle::Executor;
+use crate::lifecycle::executor::Executor;
 use crate::metrics::Metrics;
+use crate::socket::server::SocketLimits;
 use crate::state::Shared;
 use crate::store::Store;
+use crate::types::Span;
 use crate::workers::signing_pool::SigningPool;
 
-/// How often the lifecycle looks at the stored timestamps (DESIGN rule 6:
-/// a short tick, never a long sleep).
-pub const TICK: Duration = Duration::from_secs(2);
-/// How long the lifecycle lease lasts without renewal (DESIGN §4: at most
-/// 15 s); renewed every TICK.
-const LEASE_TTL_S: u32 = 15;
-/// How often the lease holder applies the audit retention.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-/// Longest wait between retries of a failing tick.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+pub use ticker::TICK;
 
 /// What the daemon is made of, built by the caller (`main` or a test).
 pub struct Parts {
@@ -46,16 +44,16 @@ pub struct Parts {
     pub policies_dir: PathBuf,
     pub clock: Arc<dyn Clock>,
     pub keygen: Arc<dyn KeySource>,
-    pub public_url: String,
+    pub public_url: PublicUrl,
     /// Where audit records wait while the store is down.
     pub audit_spool: Option<PathBuf>,
     /// Bounds of the socket server.
-    pub socket_limits: crate::socket::SocketLimits,
+    pub socket_limits: SocketLimits,
     /// Audit records older than this are pruned by the lease holder.
-    pub audit_retention: Option<crate::types::Span>,
+    pub audit_retention: Option<Span>,
     /// When set, the public listener speaks TLS with this certificate,
     /// re-read when its files change (checked every tick) and on SIGHUP.
-    pub tls: Option<Arc<crate::http::tls::CertStore>>,
+    pub tls: Option<Arc<CertStore>>,
 }
 
 /// The bound listeners.
@@ -72,157 +70,73 @@ pub struct Listeners {
 pub async fn run(
     parts: Parts,
     listeners: Listeners,
-    mut reload: mpsc::Receiver<()>,
+    reload: mpsc::Receiver<()>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     parts
         .store
         .bind_master_key(&parts.master.fingerprint())
         .await?;
-    let metrics = Metrics::default();
+    let metrics = Arc::new(Metrics::default());
     let (auditor, audit_task) = Auditor::start(
         parts.store.clone(),
         parts.audit_spool.clone(),
         metrics.audit.clone(),
     );
-    let policies = Arc::new(RwLock::new(Arc::new(parts.policies)));
-    let scheduler = Executor::new(
-        parts.store.clone(),
-        parts.master.clone(),
-        parts.keygen,
-        parts.clock,
-        policies.clone(),
-    );
+    let policies = LivePolicies::new(parts.policies);
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let shared = Arc::new(Shared {
-        keyring: Keyring::default(),
-        scheduler,
+    let shared = Shared {
+        lifecycle: Arc::new(Executor::new(
+            parts.store.clone(),
+            parts.master.clone(),
+            parts.keygen,
+            parts.clock.clone(),
+            policies.clone(),
+        )),
+        keyring: Arc::new(Keyring::new(
+            parts.store.clone(),
+            policies.clone(),
+            parts.master.clone(),
+            metrics.store_errors.clone(),
+        )),
+        policies,
+        clock: parts.clock,
         store: parts.store,
-        master: parts.master,
         auditor,
         metrics,
-        public_url: parts.public_url.trim_end_matches('/').to_owned(),
-        signers: SigningPool::start(cores)?,
-        caller_limits: crate::socket::CallerLimits::default(),
-    });
+        signers: Arc::new(SigningPool::start(cores)?),
+        public_url: parts.public_url,
+    };
     // Existing keys are served at once; a first start serves 503 until the
     // first tick has generated them.
-    shared.refresh().await?;
-    shared.metrics.prime(&shared.scheduler.policies());
+    shared.keyring.refresh().await?;
+    shared.metrics.prime(&shared.policies.current());
 
-    let tracker = TaskTracker::new();
-    let public = crate::http::public::router(shared.clone());
-    match &parts.tls {
-        Some(certs) => tracker.spawn(crate::http::tls::serve_tls(
-            listeners.public,
-            public,
-            certs.clone(),
-            shutdown.clone(),
-        )),
-        None => tracker.spawn(serve_tcp(listeners.public, public, shutdown.clone())),
+    let servers = spawn_servers(
+        &shared,
+        Servers {
+            public: listeners.public,
+            admin: listeners.admin,
+            socket: listeners.socket,
+            tls: parts.tls.clone(),
+            socket_limits: parts.socket_limits,
+        },
+        &shutdown,
+    );
+    hygiene::notify_ready();
+    let follow = ticker::Ticker {
+        shared: shared.clone(),
+        tls: parts.tls.clone(),
+        policies_dir: parts.policies_dir,
+        audit_retention: parts.audit_retention,
     };
-    if let Some(admin) = listeners.admin {
-        let router = crate::http::admin::router(shared.clone());
-        tracker.spawn(serve_tcp(admin, router, shutdown.clone()));
-    }
-    let socket_router = crate::socket::router(shared.clone());
-    tracker.spawn(crate::socket::serve(
-        listeners.socket,
-        socket_router,
-        parts.socket_limits,
-        shutdown.clone(),
-    ));
-
-    crate::daemon::hygiene::notify_ready();
-    let holder = lease_holder_id();
-    let changes = shared.store.changes();
-    let mut leader = false;
-    let mut backoff = TICK;
-    let mut next_tick = tokio::time::Instant::now();
-    let mut next_prune = tokio::time::Instant::now();
-    loop {
-        if let Some(certs) = &parts.tls {
-            certs.check_for_change();
-        }
-        // One replica at a time runs transitions; the lease is renewed every
-        // pass so a killed holder is replaced within LEASE_TTL + TICK.
-        let held = match shared.store.acquire_lease(&holder, LEASE_TTL_S).await {
-            Ok(held) => held,
-            Err(e) => {
-                shared.metrics.store_errors.inc();
-                tracing::warn!(error = %e, "cannot renew the lifecycle lease; transitions wait for the store");
-                false
-            }
-        };
-        if held != leader {
-            if held {
-                tracing::info!(%holder, "took the lifecycle lease: this replica runs key transitions");
-            } else {
-                tracing::warn!(%holder, "lost the lifecycle lease: another replica runs key transitions");
-            }
-            leader = held;
-            shared.metrics.leader.set(i64::from(held));
-        }
-        if leader && tokio::time::Instant::now() >= next_tick {
-            let started = std::time::Instant::now();
-            let result = shared.scheduler.tick().await;
-            shared
-                .metrics
-                .tick_seconds
-                .observe(started.elapsed().as_secs_f64());
-            match result {
-                Ok(_) => backoff = TICK,
-                Err(e) => {
-                    shared.metrics.transition_failures.inc();
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    tracing::error!(error = %e, retry_in_s = backoff.as_secs(), "lifecycle tick failed");
-                }
-            }
-            next_tick = tokio::time::Instant::now() + backoff;
-        }
-        if leader
-            && let Some(keep) = parts.audit_retention
-            && tokio::time::Instant::now() >= next_prune
-        {
-            next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
-            prune_audit(&shared, keep).await;
-        }
-        // Every replica follows the store: its own transitions, another
-        // replica's, or an admin call answered elsewhere.
-        match shared.store.revision().await {
-            Ok(rev) if rev != shared.keyring.snapshot().revision => {
-                if let Err(e) = shared.refresh().await {
-                    tracing::error!(error = %e, "could not refresh served keys; serving the previous ones");
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                shared.metrics.store_errors.inc();
-                tracing::debug!(error = %e, "store does not answer; serving the keys in memory");
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(TICK) => {}
-            _ = changes.notified() => {}
-            Some(()) = reload.recv() => {
-                reload_policies(&shared, &parts.policies_dir, &policies).await;
-                if let Some(certs) = &parts.tls {
-                    // A refused pair is logged by `reload`; the old one stays.
-                    let _ = certs.reload();
-                }
-            }
-            _ = shutdown.cancelled() => break,
-        }
-    }
-    if leader {
-        // Hand over at once instead of after the lease expires.
-        let _ =
-            tokio::time::timeout(Duration::from_secs(2), shared.store.release_lease(&holder)).await;
-        shared.metrics.leader.set(0);
-    }
-    crate::daemon::hygiene::notify_stopping();
-    tracker.close();
-    tracker.wait().await;
+    follow.run(reload, shutdown).await;
+    hygiene::notify_stopping();
+    servers.close();
+    servers.wait().await;
+    // The audit writer ends when its last handle is gone: the servers'
+    // router states went with them, this is the last.
+    drop(follow);
     drop(shared);
     let _ = audit_task.await;
     let _ = std::fs::remove_file(&listeners.socket_path);
@@ -230,39 +144,46 @@ pub async fn run(
     Ok(())
 }
 
-/// Deletes audit records older than `keep`; the chain stays verifiable from
-/// the anchor the store keeps, and the pruning itself is audited.
-async fn prune_audit(shared: &Shared, keep: crate::types::Span) {
-    let now = shared.scheduler.clock().now();
-    let before = now.timestamp() - keep.as_secs() as i64;
-    match shared.store.prune_audit(before).await {
-        Ok(0) => {}
-        Ok(n) => {
-            tracing::info!(records = n, retention = %keep, "audit records past retention pruned");
-            let mut entry = crate::audit::entry(now, "prune", "ok");
-            entry.detail = Some(format!("{n} records older than {keep} pruned"));
-            if let Err(e) = shared.auditor.record(entry).await {
-                tracing::error!(error = %e, "pruning not audited");
-            }
-        }
-        Err(e) => {
-            shared.metrics.store_errors.inc();
-            tracing::warn!(error = %e, "audit pruning failed; retried in an hour");
-        }
-    }
+/// The listeners and how to serve them.
+struct Servers {
+    public: TcpListener,
+    admin: Option<TcpListener>,
+    socket: UnixListener,
+    tls: Option<Arc<CertStore>>,
+    socket_limits: SocketLimits,
 }
 
-/// Who holds the lease, as shown in logs: host, pid and a random part so a
-/// restarted process never inherits its predecessor's lease.
-fn lease_holder_id() -> String {
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "unknown-host".into());
-    let mut r = [0u8; 4];
-    let _ = crate::keys::fill_random(&mut r);
-    let r: String = r.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{host}:{}:{r}", std::process::id())
+/// The three servers, each with its own router state taken from `shared`.
+fn spawn_servers(shared: &Shared, servers: Servers, shutdown: &CancellationToken) -> TaskTracker {
+    let Servers {
+        public,
+        admin,
+        socket,
+        tls,
+        socket_limits,
+    } = servers;
+    let tracker = TaskTracker::new();
+    let router = crate::http::public::router(shared);
+    match &tls {
+        Some(certs) => tracker.spawn(crate::http::tls::serve_tls(
+            public,
+            router,
+            certs.clone(),
+            shutdown.clone(),
+        )),
+        None => tracker.spawn(serve_tcp(public, router, shutdown.clone())),
+    };
+    if let Some(admin) = admin {
+        let router = crate::http::admin::router(shared);
+        tracker.spawn(serve_tcp(admin, router, shutdown.clone()));
+    }
+    tracker.spawn(crate::socket::server::serve(
+        socket,
+        crate::socket::router::router(shared),
+        socket_limits,
+        shutdown.clone(),
+    ));
+    tracker
 }
 
 async fn serve_tcp(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
@@ -271,35 +192,5 @@ async fn serve_tcp(listener: TcpListener, router: axum::Router, shutdown: Cancel
         .await
     {
         tracing::error!(error = %e, "HTTP server failed");
-    }
-}
-
-/// SIGHUP: a bad policy is refused and the old one kept; a good one
-/// replaces it and pending keys move to the new schedule.
-async fn reload_policies(
-    shared: &Shared,
-    dir: &std::path::Path,
-    handle: &crate::lifecycle::executor::PolicyHandle,
-) {
-    let mut entry = crate::audit::entry(shared.scheduler.clock().now(), "reload", "ok");
-    match Policies::load_dir(dir) {
-        Err(e) => {
-            tracing::error!(error = %e, "policy reload refused; keeping the policies in force");
-            entry.outcome = "refused".into();
-            entry.detail = Some(e.to_string());
-        }
-        Ok(new) => {
-            *handle.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
-            tracing::info!(dir = %dir.display(), "policies reloaded");
-            if let Err(e) = shared.scheduler.reschedule().await {
-                tracing::error!(error = %e, "rescheduling after reload failed; next tick retries");
-            }
-            if let Err(e) = shared.refresh().await {
-                tracing::error!(error = %e, "could not refresh served keys after reload");
-            }
-        }
-    }
-    if let Err(e) = shared.auditor.record(entry).await {
-        tracing::error!(error = %e, "reload not audited");
     }
 }

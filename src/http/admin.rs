@@ -10,21 +10,43 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::clock::Clock;
+use crate::config::live::LivePolicies;
+use crate::keyring::Keyring;
+use crate::metrics::Metrics;
 use crate::state::Shared;
+use crate::store::Store;
+
+/// What the admin handlers read.
+#[derive(Clone)]
+struct AdminState {
+    keyring: Arc<Keyring>,
+    policies: LivePolicies,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+}
 
 /// The admin router.
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(shared: &Shared) -> Router {
+    let state = AdminState {
+        keyring: shared.keyring.clone(),
+        policies: shared.policies.clone(),
+        store: shared.store.clone(),
+        metrics: shared.metrics.clone(),
+        clock: shared.clock.clone(),
+    };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(shared)
+        .with_state(state)
 }
 
-async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+async fn readyz(State(state): State<AdminState>) -> Response {
     let mut problems = Vec::new();
-    let snapshot = shared.keyring.snapshot();
-    for policy in shared.scheduler.policies().iter() {
+    let snapshot = state.keyring.snapshot();
+    for policy in state.policies.current().iter() {
         for alg in &policy.algorithms {
             let has = snapshot
                 .sets
@@ -35,7 +57,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
             }
         }
     }
-    if let Err(e) = shared.store.ping().await {
+    if let Err(e) = state.store.ping().await {
         tracing::warn!(error = %e, "readiness: store does not answer");
         problems.push("store does not answer".to_owned());
     }
@@ -46,8 +68,11 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let body = shared.metrics.render(&shared);
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let snapshot = state.keyring.snapshot();
+    let body = state
+        .metrics
+        .render(state.clock.now(), &snapshot.keys, &state.policies.current());
     (
         [(
             header::CONTENT_TYPE,

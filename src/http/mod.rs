@@ -3,5 +3,6 @@
 //! health and metrics (`admin`).
 
 pub mod admin;
+pub mod paths;
 pub mod public;
 pub mod tls;

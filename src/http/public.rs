@@ -14,28 +14,42 @@ use axum::routing::get;
 use bytes::Bytes;
 use http_body_util::Full;
 
+use super::paths::{DEFAULT_SET_PATH, NAMED_SET_ROUTE};
+use crate::keyring::Keyring;
+use crate::metrics::Metrics;
 use crate::state::Shared;
 
-/// The public router. GET routes answer HEAD with the same headers.
-pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/.well-known/jwks.json", get(default_set))
-        .route("/jwks/{file}", get(named_set))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such path") })
-        .with_state(shared)
+/// What the public handlers read: the served snapshot, and the counters.
+#[derive(Clone)]
+struct JwksState {
+    keyring: Arc<Keyring>,
+    metrics: Arc<Metrics>,
 }
 
-async fn default_set(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    serve_set(&shared, "default", &headers)
+/// The public router. GET routes answer HEAD with the same headers.
+pub fn router(shared: &Shared) -> Router {
+    let state = JwksState {
+        keyring: shared.keyring.clone(),
+        metrics: shared.metrics.clone(),
+    };
+    Router::new()
+        .route(DEFAULT_SET_PATH, get(default_set))
+        .route(NAMED_SET_ROUTE, get(named_set))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such path") })
+        .with_state(state)
+}
+
+async fn default_set(State(state): State<JwksState>, headers: HeaderMap) -> Response {
+    serve_set(&state, "default", &headers)
 }
 
 async fn named_set(
-    State(shared): State<Arc<Shared>>,
+    State(state): State<JwksState>,
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> Response {
     match file.strip_suffix(".json") {
-        Some(set) => serve_set(&shared, set, &headers),
+        Some(set) => serve_set(&state, set, &headers),
         None => error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -48,18 +62,18 @@ async fn named_set(
 /// keys yet: the router answers those). One snapshot `Arc` clone, one map
 /// lookup by `&str`, refcount clones of the precomputed body and header
 /// values; nothing is formatted, validated or copied per request.
-fn jwks_answer(shared: &Shared, set: &str, headers: &HeaderMap) -> Option<Response<Full<Bytes>>> {
-    let snapshot = shared.keyring.snapshot();
+fn jwks_answer(state: &JwksState, set: &str, headers: &HeaderMap) -> Option<Response<Full<Bytes>>> {
+    let snapshot = state.keyring.snapshot();
     // Sets in the snapshot are exactly the policies' sets, and a name that
     // is not a valid set name is in no map.
     let view = snapshot.sets.get(set)?;
     let (Some(doc), Some(precomputed)) = (&view.jwks, &view.headers) else {
         return None;
     };
-    shared.metrics.jwks_requests.inc();
+    state.metrics.jwks_requests.inc();
     let not_modified = if_none_match(headers, &doc.etag);
     let mut response = if not_modified {
-        shared.metrics.jwks_not_modified.inc();
+        state.metrics.jwks_not_modified.inc();
         let mut r = Response::new(Full::new(Bytes::new()));
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         r
@@ -80,12 +94,12 @@ fn jwks_answer(shared: &Shared, set: &str, headers: &HeaderMap) -> Option<Respon
     Some(response)
 }
 
-fn serve_set(shared: &Shared, set: &str, headers: &HeaderMap) -> Response {
-    if let Some(r) = jwks_answer(shared, set, headers) {
+fn serve_set(state: &JwksState, set: &str, headers: &HeaderMap) -> Response {
+    if let Some(r) = jwks_answer(state, set, headers) {
         return r.map(Body::new);
     }
-    shared.metrics.jwks_requests.inc();
-    match shared.keyring.snapshot().sets.get(set) {
+    state.metrics.jwks_requests.inc();
+    match state.keyring.snapshot().sets.get(set) {
         None => error(StatusCode::NOT_FOUND, "not_found", "no such key set"),
         Some(_) => {
             // Never an empty key list: a verifier would cache it and reject

@@ -11,7 +11,7 @@ use aws_lc_rs::signature::{
     RSA_PKCS1_2048_8192_SHA384, RSA_PKCS1_SHA384, RsaPublicKeyComponents, UnparsedPublicKey,
 };
 
-use super::{EC_COORD_LEN, KeyError, PublicKey};
+use super::material::{EC_COORD_LEN, KeyError, PublicKey};
 use crate::keys::secret::SecretBytes;
 use crate::types::Alg;
 

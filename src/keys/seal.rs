@@ -27,8 +27,8 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_PAD_INDIFFERENT, URL_SA
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::keys;
-use crate::keys::secret::SecretBytes;
+use super::secret::SecretBytes;
+use super::signing::fill_random;
 use crate::types::Kid;
 
 /// Length of the master key in bytes (AES-256).
@@ -265,7 +265,7 @@ impl MasterKey {
     /// newline) for the key file. The text is zeroized when dropped.
     pub fn generate() -> Result<(Self, Zeroizing<String>), SealError> {
         let mut raw = Zeroizing::new([0u8; MASTER_KEY_LEN]);
-        keys::fill_random(&mut raw[..]).map_err(|_| SealError::Random)?;
+        fill_random(&mut raw[..]).map_err(|_| SealError::Random)?;
         let text = Zeroizing::new(STANDARD.encode(&raw[..]));
         let key = MasterKey {
             key: SecretBytes::copy_from(&raw[..]),
@@ -278,7 +278,7 @@ impl MasterKey {
     /// version byte (1) || nonce || ciphertext || tag.
     pub fn seal(&self, kid: &Kid, plaintext: &SecretBytes) -> Result<Vec<u8>, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
-        keys::fill_random(&mut nonce).map_err(|_| SealError::Random)?;
+        fill_random(&mut nonce).map_err(|_| SealError::Random)?;
         let seal_error = || SealError::Seal { kid: kid.clone() };
         let key = self.aead_key().ok_or_else(seal_error)?;
 
@@ -735,13 +735,16 @@ mod tests {
     #[test]
     fn a_generated_key_sealed_and_opened_still_signs() {
         let (master, _) = MasterKey::generate().unwrap();
-        let generated = keys::generate(crate::types::Alg::Es384, 0).unwrap();
+        let generated = crate::keys::generate(crate::types::Alg::Es384, 0).unwrap();
         let kid = kid("default-es384-v1-abcdefgh");
         let sealed = master.seal(&kid, &generated.pkcs8).unwrap();
         let opened = master.open(&kid, &sealed).unwrap();
-        let key = keys::SigningKey::from_pkcs8(generated.alg, kid, &opened).unwrap();
+        let key = crate::keys::SigningKey::from_pkcs8(generated.alg, kid, &opened).unwrap();
         assert_eq!(key.public(), &generated.public);
-        assert_eq!(key.sign(b"m").unwrap().len(), keys::ES384_SIGNATURE_LEN);
+        assert_eq!(
+            key.sign(b"m").unwrap().len(),
+            crate::keys::ES384_SIGNATURE_LEN
+        );
     }
 
     proptest! {

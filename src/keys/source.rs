@@ -1,7 +1,7 @@
 //! Where new key pairs come from: the seam between the lifecycle, which
 //! decides when a key is generated, and the code that makes one.
 
-use super::{GeneratedKey, KeyError};
+use super::material::{GeneratedKey, KeyError};
 use crate::types::Alg;
 
 /// Where new key pairs come from. The daemon uses [`AwsLcKeys`]; `jwksd
@@ -19,6 +19,6 @@ pub struct AwsLcKeys;
 
 impl KeySource for AwsLcKeys {
     fn generate(&self, alg: Alg, rsa_bits: u32) -> Result<GeneratedKey, KeyError> {
-        super::generate(alg, rsa_bits)
+        super::signing::generate(alg, rsa_bits)
     }
 }

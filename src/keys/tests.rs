@@ -11,7 +11,8 @@ use p384::ecdsa::signature::Verifier as _;
 
 use super::*;
 use crate::jose::{self, AssertionClaims, Jwk, JwtHeader};
-use crate::types::SetName;
+use crate::keys::secret::SecretBytes;
+use crate::types::{Alg, Kid, SetName};
 
 fn b64d(s: &str) -> Vec<u8> {
     URL_SAFE_NO_PAD.decode(s).unwrap()

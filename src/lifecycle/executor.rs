@@ -1,18 +1,24 @@
-//! Carries out lifecycle plans: generates keys off the async runtime, seals
-//! them, and applies each transition as one store transaction that re-checks
-//! its precondition. Also the admin operations (rotate, revoke) and the
-//! reschedule after a policy reload. The decisions themselves live in
-//! `plan`; the tick loop lives in `daemon`.
+//! Carries out what `plan` decides. Every change to the keys goes through
+//! one path ([`Executor::apply`]): one store transaction that re-checks its
+//! precondition, then the log line and the events of what it did. Ticks,
+//! `rotate`, `rotate --now`, `revoke` and the reschedule after a policy
+//! reload differ only in how they pick their change, and picking is `plan`'s.
+//!
+//! Owns: generating keys off the async runtime and sealing them, and
+//! serializing this process's lifecycle work (one operation at a time;
+//! across replicas the store's re-checks keep transitions correct). Does
+//! not own: deciding (`plan`), when to tick (the daemon's lease loop), or
+//! what is served (the keyring follows the store).
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::model::{Applied, Change, Event, EventKind, StoredKey};
-use super::plan::{self as lifecycle, GenerateReason, Step};
+use super::plan::{self, GenerateReason, GeneratedRow, NewKey, Refusal, Step};
 use crate::clock::Clock;
-use crate::config::policy::{Policies, Policy};
+use crate::config::live::LivePolicies;
+use crate::config::policy::Policy;
 use crate::jose::{Jwk, thumbprint};
 use crate::keys::KeyError;
 use crate::keys::seal::MasterKey;
@@ -42,6 +48,15 @@ pub enum LifecycleError {
     Join(String),
 }
 
+impl From<Refusal> for LifecycleError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::UnknownKid(kid) => LifecycleError::UnknownKid(kid),
+            other => LifecycleError::Conflict(other.to_string()),
+        }
+    }
+}
+
 /// What `rotate` did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RotateOutcome {
@@ -61,19 +76,21 @@ pub struct RevokeOutcome {
     pub activated: Option<Kid>,
 }
 
-/// Shared, swappable policies (replaced whole on reload).
-pub type PolicyHandle = Arc<RwLock<Arc<Policies>>>;
-
-/// Executes lifecycle steps against the store.
-pub struct Executor {
-    store: Arc<dyn Store>,
-    master: Arc<MasterKey>,
-    keygen: Arc<dyn KeySource>,
-    clock: Arc<dyn Clock>,
-    policies: PolicyHandle,
-    /// One lifecycle operation at a time in this process; across replicas
-    /// the store's re-checks keep transitions correct.
-    lock: tokio::sync::Mutex<()>,
+/// Why a change is made; the log says it next to what the change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// A transition that came due (tick).
+    Due,
+    /// A key generated for this reason (tick).
+    Generated(GenerateReason),
+    /// `keys rotate` without `--now`.
+    Rotate,
+    /// `keys rotate --now`.
+    RotateNow,
+    /// `keys revoke`.
+    Revoke,
+    /// A policy reload moved a pending key to the new schedule.
+    Reload,
 }
 
 /// Upper bound of plan/apply rounds per tick: a tick converges in a few
@@ -81,13 +98,25 @@ pub struct Executor {
 /// next tick goes on anyway.
 const MAX_ROUNDS: usize = 16;
 
+/// Executes lifecycle steps against the store.
+pub struct Executor {
+    store: Arc<dyn Store>,
+    master: Arc<MasterKey>,
+    keygen: Arc<dyn KeySource>,
+    clock: Arc<dyn Clock>,
+    policies: LivePolicies,
+    /// One lifecycle operation at a time in this process; across replicas
+    /// the store's re-checks keep transitions correct.
+    lock: tokio::sync::Mutex<()>,
+}
+
 impl Executor {
     pub fn new(
         store: Arc<dyn Store>,
         master: Arc<MasterKey>,
         keygen: Arc<dyn KeySource>,
         clock: Arc<dyn Clock>,
-        policies: PolicyHandle,
+        policies: LivePolicies,
     ) -> Self {
         Executor {
             store,
@@ -99,26 +128,146 @@ impl Executor {
         }
     }
 
-    /// The policies in force.
-    pub fn policies(&self) -> Arc<Policies> {
-        self.policies
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// The injected clock.
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.clock
-    }
-
     /// Runs every due transition of every set, re-planning after each round
     /// until nothing is due. Returns the events in the order they happened.
     pub async fn tick(&self) -> Result<Vec<Event>, LifecycleError> {
         let _guard = self.lock.lock().await;
         let mut events = Vec::new();
+        self.converge(&mut events).await?;
+        Ok(events)
+    }
+
+    /// The earliest instant at which a tick will have work, over all sets.
+    pub async fn next_due(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>, LifecycleError> {
+        let keys = self.store.live_keys().await?;
+        Ok(self
+            .policies
+            .current()
+            .iter()
+            .filter_map(|p| plan::next_due(p, &keys))
+            .min())
+    }
+
+    /// `keys rotate`: with `at_once`, the pending key signs at once
+    /// (skipping rule 1, logged) and a new successor is generated before
+    /// this returns; without, the pending key is rescheduled to the earliest
+    /// time rule 1 allows. `alg` defaults to the policy's first algorithm.
+    pub async fn rotate(
+        &self,
+        set: &SetName,
+        alg: Option<Alg>,
+        at_once: bool,
+    ) -> Result<(RotateOutcome, Vec<Event>), LifecycleError> {
+        let policies = self.policies.current();
+        let policy = policies
+            .get(set)
+            .ok_or_else(|| LifecycleError::UnknownSet(set.to_string()))?;
+        let alg = alg.unwrap_or(policy.algorithms[0]);
+        if !policy.algorithms.contains(&alg) {
+            return Err(LifecycleError::AlgNotInSet {
+                set: set.to_string(),
+                alg,
+            });
+        }
+        let _guard = self.lock.lock().await;
+        let mut events = Vec::new();
+        // Bring the set up to date first: there must be an active key and a
+        // pending successor to rotate to.
+        self.converge(&mut events).await?;
+        let keys = self.store.live_keys().await?;
+        let change = plan::rotation(policy, &keys, alg, at_once, self.clock.now())?;
+        let pending = change.kid().clone();
+        let cause = if at_once {
+            Cause::RotateNow
+        } else {
+            Cause::Rotate
+        };
+        let applied = self.apply(&keys, change, cause, &mut events).await?;
+        if !at_once {
+            let outcome = RotateOutcome {
+                set: set.clone(),
+                alg,
+                activated: None,
+                deactivated: None,
+                pending: Some(pending),
+            };
+            return Ok((outcome, events));
+        }
+        let Applied::Done {
+            activated,
+            deactivated,
+        } = applied
+        else {
+            return Err(LifecycleError::Conflict(format!(
+                "rotation of {set}/{alg} raced with another change; try again"
+            )));
+        };
+        // Rule 4: the successor is generated at once.
+        self.converge(&mut events).await?;
+        let pending = self
+            .store
+            .live_keys()
+            .await?
+            .into_iter()
+            .find(|k| &k.set == set && k.alg == alg && k.state == KeyState::Pending)
+            .map(|k| k.kid);
+        let outcome = RotateOutcome {
+            set: set.clone(),
+            alg,
+            activated,
+            deactivated,
+            pending,
+        };
+        Ok((outcome, events))
+    }
+
+    /// `keys revoke`: out of the JWKS at once, private half destroyed; a
+    /// revoked active key hands over to its successor, and a new successor
+    /// is generated before this returns.
+    pub async fn revoke(&self, kid: &Kid) -> Result<(RevokeOutcome, Vec<Event>), LifecycleError> {
+        let _guard = self.lock.lock().await;
+        let mut events = Vec::new();
+        let keys = self.store.keys().await?;
+        let change = plan::revocation(&keys, kid.as_str(), self.clock.now())?;
+        let (set, alg) = change
+            .target(&keys)
+            .ok_or_else(|| LifecycleError::UnknownKid(kid.to_string()))?;
+        let applied = self
+            .apply(&keys, change, Cause::Revoke, &mut events)
+            .await?;
+        let Applied::Done { activated, .. } = applied else {
+            return Err(LifecycleError::Conflict(format!(
+                "{kid} changed state meanwhile; look again"
+            )));
+        };
+        self.converge(&mut events).await?;
+        let outcome = RevokeOutcome {
+            kid: kid.clone(),
+            set,
+            alg,
+            activated,
+        };
+        Ok((outcome, events))
+    }
+
+    /// After a policy reload: moves pending activations to the new schedule.
+    pub async fn reschedule(&self) -> Result<Vec<Event>, LifecycleError> {
+        let _guard = self.lock.lock().await;
+        let keys = self.store.live_keys().await?;
+        let mut events = Vec::new();
+        for policy in self.policies.current().iter() {
+            for change in plan::reschedule(policy, &keys) {
+                self.apply(&keys, change, Cause::Reload, &mut events)
+                    .await?;
+            }
+        }
+        Ok(events)
+    }
+
+    /// Plans and executes until nothing is due (the caller holds the lock).
+    async fn converge(&self, events: &mut Vec<Event>) -> Result<(), LifecycleError> {
         for _ in 0..MAX_ROUNDS {
-            let policies = self.policies();
+            let policies = self.policies.current();
             // Live keys only: retired and revoked keys (one per rotation,
             // forever) never need a step, so a tick every few seconds reads
             // and plans over what can still change, not the whole history.
@@ -126,146 +275,91 @@ impl Executor {
             let now = self.clock.now();
             let mut did_something = false;
             for policy in policies.iter() {
-                for step in lifecycle::plan(policy, &keys, now) {
-                    did_something |= self.run_step(policy, &keys, step, &mut events).await?;
+                for step in plan::plan(policy, &keys, now) {
+                    let (change, cause) = match step {
+                        Step::Apply(change) => (change, Cause::Due),
+                        Step::Generate(new) => {
+                            let cause = Cause::Generated(new.reason);
+                            (Change::Insert(self.generate(policy, &new).await?), cause)
+                        }
+                    };
+                    did_something |= self.apply(&keys, change, cause, events).await?.is_done();
                 }
             }
             if !did_something {
                 break;
             }
         }
-        Ok(events)
+        Ok(())
     }
 
-    /// The earliest instant at which a tick will have work, over all sets.
-    pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>, LifecycleError> {
-        let keys = self.store.live_keys().await?;
-        Ok(self
-            .policies()
-            .iter()
-            .filter_map(|p| lifecycle::next_due(p, &keys))
-            .min())
+    /// Generates the key planned as `new` (on a low-priority thread: see
+    /// `workers::background`), seals it, and returns its row as of now.
+    async fn generate(&self, policy: &Policy, new: &NewKey) -> Result<StoredKey, LifecycleError> {
+        let keygen = self.keygen.clone();
+        let (alg, bits) = (new.alg, policy.rsa_bits);
+        let generated =
+            background::run_low_priority("jwksd-keygen", move || keygen.generate(alg, bits))
+                .await
+                .map_err(|e| LifecycleError::Join(e.to_string()))??;
+        let kid = Kid::build(
+            &policy.name,
+            alg,
+            new.version,
+            &thumbprint(&generated.public),
+        );
+        let jwk = Jwk::from_public(&kid, alg, &generated.public);
+        let public_jwk =
+            serde_json::to_string(&jwk).map_err(|e| LifecycleError::Seal(e.to_string()))?;
+        let sealed_private = self
+            .master
+            .seal(&kid, &generated.pkcs8)
+            .map_err(|e| LifecycleError::Seal(e.to_string()))?;
+        // Time is read after generation: the key is published from the
+        // moment it is committed, and rule 1 counts from then.
+        let row = GeneratedRow {
+            kid,
+            public_jwk,
+            sealed_private,
+        };
+        Ok(plan::new_key(policy, new, row, self.clock.now()))
     }
 
-    async fn run_step(
+    /// The one path every change takes: applied in one store transaction
+    /// that re-checks its precondition, then logged and turned into events
+    /// (with the set's keys right after it). `keys` are the keys the change
+    /// was planned from. A stale change (another replica, or an earlier
+    /// round, got there first) changes nothing and emits nothing.
+    async fn apply(
         &self,
-        policy: &Policy,
         keys: &[StoredKey],
-        step: Step,
+        change: Change,
+        cause: Cause,
         events: &mut Vec<Event>,
-    ) -> Result<bool, LifecycleError> {
-        match step {
-            Step::Generate {
-                set,
-                alg,
-                version,
-                state,
-                reason,
-                ..
-            } => {
-                let active_since = keys
-                    .iter()
-                    .find(|k| k.set == set && k.alg == alg && k.state == KeyState::Active)
-                    .and_then(|k| k.activate_at);
-                let kid = self
-                    .generate_and_insert(policy, alg, version, state, active_since)
-                    .await?;
-                match (&kid, reason) {
-                    (Some(kid), GenerateReason::Bootstrap) => tracing::warn!(
-                        %kid, %set, %alg,
-                        "first key of this set signs at once: nothing to overlap, so pre-publication (rule 1) does not apply"
-                    ),
-                    (Some(kid), GenerateReason::NoSigner) => tracing::warn!(
-                        %kid, %set, %alg,
-                        "no signing key left (all revoked): new key signs at once, skipping pre-publication"
-                    ),
-                    (Some(kid), GenerateReason::Successor) => {
-                        tracing::info!(%kid, %set, %alg, "successor generated and published")
-                    }
-                    (None, _) => {}
-                }
-                if let Some(kid) = kid {
-                    let kind = if state == KeyState::Active {
-                        vec![EventKind::Generated, EventKind::Activated]
-                    } else {
-                        vec![EventKind::Generated]
-                    };
-                    let after = self.set_keys(&set).await?;
-                    let at = self.clock.now();
-                    for kind in kind {
-                        events.push(Event {
-                            at,
-                            kind,
-                            set: set.clone(),
-                            alg,
-                            kid: kid.clone(),
-                            after: after.clone(),
-                        });
-                    }
-                    return Ok(true);
-                }
-                Ok(false)
-            }
-            Step::Apply(change) => {
-                let (set, alg) = change_target(keys, &change);
-                let applied = self.store.apply(&change).await?;
-                let Applied::Done {
-                    activated,
-                    deactivated,
-                } = applied
-                else {
-                    if let Applied::Stale(why) = applied {
-                        tracing::debug!(?change, %why, "transition already done elsewhere");
-                    }
-                    return Ok(false);
-                };
-                let (Some(set), Some(alg)) = (set, alg) else {
-                    return Ok(true);
-                };
-                let at = self.clock.now();
-                let after = self.set_keys(&set).await?;
-                let mut push = |kind, kid: Kid| {
-                    events.push(Event {
-                        at,
-                        kind,
-                        set: set.clone(),
-                        alg,
-                        kid,
-                        after: after.clone(),
-                    })
-                };
-                match &change {
-                    Change::Activate { kid, emergency, .. } => {
-                        if *emergency {
-                            tracing::warn!(%kid, "activated at once, skipping pre-publication");
-                        } else {
-                            tracing::info!(%kid, "activated");
-                        }
-                        push(
-                            EventKind::Activated,
-                            activated.unwrap_or_else(|| kid.clone()),
-                        );
-                        if let Some(old) = deactivated {
-                            tracing::info!(kid = %old, "deactivated; private half destroyed");
-                            push(EventKind::Deactivated, old);
-                        }
-                    }
-                    Change::Retire { kid, .. } => {
-                        tracing::info!(%kid, "retired: no longer published");
-                        push(EventKind::Retired, kid.clone());
-                    }
-                    Change::Revoke { kid, .. } => {
-                        push(EventKind::Revoked, kid.clone());
-                        if let Some(next) = activated {
-                            push(EventKind::Activated, next);
-                        }
-                    }
-                    Change::Reschedule { kid, .. } => push(EventKind::Rescheduled, kid.clone()),
-                    Change::Insert(k) => push(EventKind::Generated, k.kid.clone()),
-                }
-                Ok(true)
-            }
+    ) -> Result<Applied, LifecycleError> {
+        let applied = self.store.apply(&change).await?;
+        if let Applied::Stale(why) = &applied {
+            tracing::debug!(?change, %why, "transition already done elsewhere");
+            return Ok(applied);
         }
+        let Some((set, alg)) = change.target(keys) else {
+            return Ok(applied);
+        };
+        let happened = change.events(&applied);
+        let after = self.set_keys(&set).await?;
+        let at = self.clock.now();
+        for (kind, kid) in happened {
+            log_event(kind, &kid, &set, alg, &change, cause);
+            events.push(Event {
+                at,
+                kind,
+                set: set.clone(),
+                alg,
+                kid,
+                after: after.clone(),
+            });
+        }
+        Ok(applied)
     }
 
     async fn set_keys(&self, set: &SetName) -> Result<Vec<StoredKey>, LifecycleError> {
@@ -277,271 +371,59 @@ impl Executor {
             .filter(|k| &k.set == set)
             .collect())
     }
-
-    /// Generates a key (on a blocking thread), seals it and inserts it.
-    /// `None` when another replica inserted first (the store said stale).
-    async fn generate_and_insert(
-        &self,
-        policy: &Policy,
-        alg: Alg,
-        version: u32,
-        state: KeyState,
-        active_since: Option<DateTime<Utc>>,
-    ) -> Result<Option<Kid>, LifecycleError> {
-        let keygen = self.keygen.clone();
-        let bits = policy.rsa_bits;
-        // Off the runtime and below the signing threads' priority: see
-        // `background` for why and what it measured.
-        let generated =
-            background::run_low_priority("jwksd-keygen", move || keygen.generate(alg, bits))
-                .await
-                .map_err(|e| LifecycleError::Join(e.to_string()))??;
-        let kid = Kid::build(&policy.name, alg, version, &thumbprint(&generated.public));
-        let jwk = Jwk::from_public(&kid, alg, &generated.public);
-        let public_jwk =
-            serde_json::to_string(&jwk).map_err(|e| LifecycleError::Seal(e.to_string()))?;
-        let sealed = self
-            .master
-            .seal(&kid, &generated.pkcs8)
-            .map_err(|e| LifecycleError::Seal(e.to_string()))?;
-        // Time is read after generation: the key is published from the
-        // moment it is committed, and rule 1 counts from then.
-        let now = self.clock.now();
-        let activate_at = match state {
-            KeyState::Active => now,
-            _ => lifecycle::successor_activation(policy, active_since.unwrap_or(now), now),
-        };
-        let key = StoredKey {
-            set: policy.name.clone(),
-            alg,
-            kid: kid.clone(),
-            version,
-            state,
-            public_jwk,
-            sealed_private: Some(sealed),
-            created_at: now,
-            publish_at: now,
-            activate_at: Some(activate_at),
-            deactivate_at: None,
-            retire_at: None,
-            emergency: false,
-        };
-        match self.store.apply(&Change::Insert(key)).await? {
-            Applied::Done { .. } => Ok(Some(kid)),
-            Applied::Stale(why) => {
-                tracing::debug!(%kid, %why, "generated key not needed any more; discarded");
-                Ok(None)
-            }
-        }
-    }
-
-    /// `keys rotate`: with `now`, the pending key signs at once (skipping
-    /// rule 1, logged) and a new successor is generated before this returns;
-    /// without, the pending key is rescheduled to the earliest time rule 1
-    /// allows.
-    pub async fn rotate(
-        &self,
-        set: &SetName,
-        alg: Option<Alg>,
-        now_flag: bool,
-    ) -> Result<(RotateOutcome, Vec<Event>), LifecycleError> {
-        let policies = self.policies();
-        let policy = policies
-            .get(set)
-            .ok_or_else(|| LifecycleError::UnknownSet(set.to_string()))?
-            .clone();
-        let alg = alg.unwrap_or(policy.algorithms[0]);
-        if !policy.algorithms.contains(&alg) {
-            return Err(LifecycleError::AlgNotInSet {
-                set: set.to_string(),
-                alg,
-            });
-        }
-        // Bring the set up to date first: there must be an active key and a
-        // pending successor to rotate to.
-        let mut events = self.tick().await?;
-        let _guard = self.lock.lock().await;
-        let keys = self.set_keys(set).await?;
-        let pending = keys
-            .iter()
-            .find(|k| k.alg == alg && k.state == KeyState::Pending)
-            .ok_or_else(|| {
-                LifecycleError::Conflict(format!("{set}/{alg} has no pending key to rotate to"))
-            })?
-            .clone();
-        let now = self.clock.now();
-        if !now_flag {
-            let at = lifecycle::earliest_activation(
-                &policy,
-                &StoredKey {
-                    activate_at: Some(now),
-                    ..pending.clone()
-                },
-            );
-            let change = Change::Reschedule {
-                kid: pending.kid.clone(),
-                activate_at: at,
-            };
-            self.run_step(&policy, &keys, Step::Apply(change), &mut events)
-                .await?;
-            let outcome = RotateOutcome {
-                set: set.clone(),
-                alg,
-                activated: None,
-                deactivated: None,
-                pending: Some(pending.kid),
-            };
-            return Ok((outcome, events));
-        }
-        let change = Change::Activate {
-            set: set.clone(),
-            alg,
-            kid: pending.kid.clone(),
-            at: now,
-            retire_at: now + policy.grace.to_chrono(),
-            emergency: true,
-        };
-        let applied = self.store.apply(&change).await?;
-        let Applied::Done {
-            activated,
-            deactivated,
-        } = applied
-        else {
-            return Err(LifecycleError::Conflict(format!(
-                "rotation of {set}/{alg} raced with another change; try again"
-            )));
-        };
-        tracing::warn!(kid = %pending.kid, %set, %alg, "rotate --now: activated at once, skipping pre-publication");
-        let after = self.set_keys(set).await?;
-        events.push(Event {
-            at: now,
-            kind: EventKind::Activated,
-            set: set.clone(),
-            alg,
-            kid: pending.kid.clone(),
-            after: after.clone(),
-        });
-        if let Some(old) = &deactivated {
-            events.push(Event {
-                at: now,
-                kind: EventKind::Deactivated,
-                set: set.clone(),
-                alg,
-                kid: old.clone(),
-                after,
-            });
-        }
-        drop(_guard);
-        // Rule 4: the successor is generated at once.
-        events.extend(self.tick().await?);
-        let pending = self
-            .set_keys(set)
-            .await?
-            .into_iter()
-            .find(|k| k.alg == alg && k.state == KeyState::Pending)
-            .map(|k| k.kid);
-        Ok((
-            RotateOutcome {
-                set: set.clone(),
-                alg,
-                activated,
-                deactivated,
-                pending,
-            },
-            events,
-        ))
-    }
-
-    /// `keys revoke`: out of the JWKS at once, private half destroyed; a
-    /// revoked active key hands over to its successor, and a new successor
-    /// is generated before this returns.
-    pub async fn revoke(&self, kid: &Kid) -> Result<(RevokeOutcome, Vec<Event>), LifecycleError> {
-        let mut events = Vec::new();
-        let keys = self.store.keys().await?;
-        let key = keys
-            .iter()
-            .find(|k| &k.kid == kid)
-            .ok_or_else(|| LifecycleError::UnknownKid(kid.to_string()))?
-            .clone();
-        if !key.state.is_published() {
-            return Err(LifecycleError::Conflict(format!(
-                "{kid} is already {}",
-                key.state
-            )));
-        }
-        let guard = self.lock.lock().await;
-        let now = self.clock.now();
-        let applied = self
-            .store
-            .apply(&Change::Revoke {
-                kid: kid.clone(),
-                at: now,
-            })
-            .await?;
-        let Applied::Done { activated, .. } = applied else {
-            return Err(LifecycleError::Conflict(format!(
-                "{kid} changed state meanwhile; look again"
-            )));
-        };
-        tracing::warn!(%kid, "revoked: removed from the JWKS, private half destroyed");
-        let after = self.set_keys(&key.set).await?;
-        events.push(Event {
-            at: now,
-            kind: EventKind::Revoked,
-            set: key.set.clone(),
-            alg: key.alg,
-            kid: kid.clone(),
-            after: after.clone(),
-        });
-        if let Some(next) = &activated {
-            tracing::warn!(kid = %next, "activated at once after revocation, skipping pre-publication");
-            events.push(Event {
-                at: now,
-                kind: EventKind::Activated,
-                set: key.set.clone(),
-                alg: key.alg,
-                kid: next.clone(),
-                after,
-            });
-        }
-        drop(guard);
-        events.extend(self.tick().await?);
-        Ok((
-            RevokeOutcome {
-                kid: kid.clone(),
-                set: key.set,
-                alg: key.alg,
-                activated,
-            },
-            events,
-        ))
-    }
-
-    /// After a policy reload: moves pending activations to the new schedule.
-    pub async fn reschedule(&self) -> Result<Vec<Event>, LifecycleError> {
-        let _guard = self.lock.lock().await;
-        let keys = self.store.live_keys().await?;
-        let mut events = Vec::new();
-        for policy in self.policies().iter() {
-            for change in lifecycle::reschedule(policy, &keys) {
-                self.run_step(policy, &keys, Step::Apply(change), &mut events)
-                    .await?;
-            }
-        }
-        Ok(events)
-    }
 }
 
-/// The (set, alg) a change is about, looked up in the keys it was planned from.
-fn change_target(keys: &[StoredKey], change: &Change) -> (Option<SetName>, Option<Alg>) {
-    match change {
-        Change::Activate { set, alg, .. } => (Some(set.clone()), Some(*alg)),
-        Change::Insert(k) => (Some(k.set.clone()), Some(k.alg)),
-        Change::Retire { kid, .. }
-        | Change::Revoke { kid, .. }
-        | Change::Reschedule { kid, .. } => keys
-            .iter()
-            .find(|k| &k.kid == kid)
-            .map_or((None, None), |k| (Some(k.set.clone()), Some(k.alg))),
+/// The one log line of each lifecycle event: a key that signs without
+/// having been pre-published (rule 1 skipped) is a warning, everything else
+/// is information.
+fn log_event(kind: EventKind, kid: &Kid, set: &SetName, alg: Alg, change: &Change, cause: Cause) {
+    let emergency = matches!(
+        change,
+        Change::Activate {
+            emergency: true,
+            ..
+        }
+    );
+    match (kind, cause) {
+        (EventKind::Generated, Cause::Generated(GenerateReason::Bootstrap)) => tracing::warn!(
+            %kid, %set, %alg,
+            "first key of this set signs at once: nothing to overlap, so pre-publication (rule 1) does not apply"
+        ),
+        (EventKind::Generated, Cause::Generated(GenerateReason::NoSigner)) => tracing::warn!(
+            %kid, %set, %alg,
+            "no signing key left (all revoked): new key signs at once, skipping pre-publication"
+        ),
+        (EventKind::Generated, _) => {
+            tracing::info!(%kid, %set, %alg, "successor generated and published")
+        }
+        // A generated key that signs at once was announced just above.
+        (EventKind::Activated, Cause::Generated(_)) => {}
+        (EventKind::Activated, Cause::RotateNow) => tracing::warn!(
+            %kid, %set, %alg,
+            "rotate --now: activated at once, skipping pre-publication"
+        ),
+        (EventKind::Activated, Cause::Revoke) => tracing::warn!(
+            %kid, %set, %alg,
+            "activated at once after revocation, skipping pre-publication"
+        ),
+        (EventKind::Activated, _) if emergency => {
+            tracing::warn!(%kid, %set, %alg, "activated at once, skipping pre-publication")
+        }
+        (EventKind::Activated, _) => tracing::info!(%kid, %set, %alg, "activated"),
+        (EventKind::Deactivated, _) => {
+            tracing::info!(%kid, %set, %alg, "deactivated; private half destroyed")
+        }
+        (EventKind::Retired, _) => {
+            tracing::info!(%kid, %set, %alg, "retired: no longer published")
+        }
+        (EventKind::Revoked, _) => tracing::warn!(
+            %kid, %set, %alg,
+            "revoked: removed from the JWKS, private half destroyed"
+        ),
+        (EventKind::Rescheduled, _) => {
+            if let Change::Reschedule { activate_at, .. } = change {
+                tracing::info!(%kid, %set, %alg, %activate_at, ?cause, "pending activation moved");
+            }
+        }
     }
 }

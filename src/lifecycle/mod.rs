@@ -15,9 +15,9 @@ pub mod plan;
 pub mod schedule;
 pub mod simulate;
 
-pub use executor::{Executor, LifecycleError, PolicyHandle, RevokeOutcome, RotateOutcome};
+pub use executor::{Executor, LifecycleError, RevokeOutcome, RotateOutcome};
 pub use model::{Applied, Change, Event, EventKind, StoredKey};
-pub use plan::{GenerateReason, Step, earliest_activation, next_due, plan, successor_activation};
+pub use plan::{GenerateReason, NewKey, Step, earliest_activation, next_due, plan};
 
 #[cfg(test)]
 mod tests;

@@ -116,6 +116,83 @@ pub enum Applied {
     Stale(String),
 }
 
+impl Change {
+    /// The key this change is about (for `Activate`, the one that starts
+    /// signing).
+    pub fn kid(&self) -> &Kid {
+        match self {
+            Change::Insert(k) => &k.kid,
+            Change::Activate { kid, .. }
+            | Change::Retire { kid, .. }
+            | Change::Revoke { kid, .. }
+            | Change::Reschedule { kid, .. } => kid,
+        }
+    }
+
+    /// The (set, alg) the change is about; for a change that names only a
+    /// kid, looked up in `keys` (the keys it was planned from).
+    pub fn target(&self, keys: &[StoredKey]) -> Option<(SetName, Alg)> {
+        match self {
+            Change::Insert(k) => Some((k.set.clone(), k.alg)),
+            Change::Activate { set, alg, .. } => Some((set.clone(), *alg)),
+            Change::Retire { kid, .. }
+            | Change::Revoke { kid, .. }
+            | Change::Reschedule { kid, .. } => keys
+                .iter()
+                .find(|k| &k.kid == kid)
+                .map(|k| (k.set.clone(), k.alg)),
+        }
+    }
+
+    /// What happened to which key once this change was `applied`, in
+    /// causal order: a key is generated before it activates, a signer
+    /// activates before its predecessor is deactivated, and a revocation
+    /// comes before the activation it causes. Nothing for a stale change.
+    pub fn events(&self, applied: &Applied) -> Vec<(EventKind, Kid)> {
+        let Applied::Done {
+            activated,
+            deactivated,
+        } = applied
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        match self {
+            Change::Insert(k) => {
+                out.push((EventKind::Generated, k.kid.clone()));
+                if k.state == KeyState::Active {
+                    out.push((EventKind::Activated, k.kid.clone()));
+                }
+            }
+            Change::Activate { kid, .. } => {
+                out.push((
+                    EventKind::Activated,
+                    activated.clone().unwrap_or_else(|| kid.clone()),
+                ));
+                if let Some(old) = deactivated {
+                    out.push((EventKind::Deactivated, old.clone()));
+                }
+            }
+            Change::Retire { kid, .. } => out.push((EventKind::Retired, kid.clone())),
+            Change::Revoke { kid, .. } => {
+                out.push((EventKind::Revoked, kid.clone()));
+                if let Some(next) = activated {
+                    out.push((EventKind::Activated, next.clone()));
+                }
+            }
+            Change::Reschedule { kid, .. } => out.push((EventKind::Rescheduled, kid.clone())),
+        }
+        out
+    }
+}
+
+impl Applied {
+    /// Whether the change was committed.
+    pub fn is_done(&self) -> bool {
+        matches!(self, Applied::Done { .. })
+    }
+}
+
 /// A lifecycle event, in causal order, with the set's keys right after it.
 #[derive(Debug, Clone)]
 pub struct Event {

@@ -5,7 +5,7 @@
 //! generation would make a long simulation take minutes.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::executor::Executor;
 use super::model::{Event, StoredKey};
 use crate::clock::{Clock, ManualClock};
+use crate::config::live::LivePolicies;
 use crate::config::policy::{Policies, Policy};
 use crate::keys::seal::MasterKey;
 use crate::keys::secret::SecretBytes;
@@ -124,9 +125,7 @@ impl Simulation {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().await?);
         let clock = Arc::new(ManualClock::new(start));
         let (master, _) = MasterKey::generate()?;
-        let policies = Arc::new(RwLock::new(Arc::new(Policies::from_policies(vec![
-            policy,
-        ])?)));
+        let policies = LivePolicies::new(Policies::from_policies(vec![policy])?);
         let executor = Executor::new(
             store.clone(),
             Arc::new(master),

@@ -112,13 +112,13 @@ fn generated(steps: &[Step]) -> Vec<(u32, KeyState, DateTime<Utc>, GenerateReaso
     steps
         .iter()
         .filter_map(|s| match s {
-            Step::Generate {
+            Step::Generate(NewKey {
                 version,
                 state,
                 activate_at,
                 reason,
                 ..
-            } => Some((*version, *state, *activate_at, *reason)),
+            }) => Some((*version, *state, *activate_at, *reason)),
             _ => None,
         })
         .collect()
@@ -134,7 +134,7 @@ fn bootstrap_generates_an_active_v1_key_per_alg_that_signs_at_once() {
     let algs: Vec<Alg> = steps
         .iter()
         .filter_map(|s| match s {
-            Step::Generate { alg, .. } => Some(*alg),
+            Step::Generate(NewKey { alg, .. }) => Some(*alg),
             _ => None,
         })
         .collect();

@@ -1,18 +1,17 @@
 //! Admin requests: rotate, revoke, and the audit trail. Only callers marked
 //! `admin = true` in the policy of the set concerned.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use serde::{Deserialize, Serialize};
 
-use super::assertions::read_json;
-use super::{ApiError, Peer};
-use crate::audit::{AuditEntry, AuditRecord, verify_stored};
+use super::body::read_json;
+use super::error::ApiError;
+use super::peer::Peer;
+use super::state::SocketState;
+use crate::audit::chain::{AuditEntry, AuditRecord, verify_stored};
 use crate::lifecycle::executor::{LifecycleError, RevokeOutcome, RotateOutcome};
-use crate::state::Shared;
 use crate::types::{Alg, Kid, SetName};
 
 #[derive(Debug, Deserialize)]
@@ -46,7 +45,7 @@ fn lifecycle_error(e: LifecycleError) -> ApiError {
 
 /// Records `entry` with the outcome of `result`, then returns the result.
 async fn audited<T>(
-    shared: &Shared,
+    state: &SocketState,
     mut entry: AuditEntry,
     result: Result<T, ApiError>,
 ) -> Result<T, ApiError> {
@@ -58,7 +57,7 @@ async fn audited<T>(
         entry.outcome = e.code.to_owned();
         entry.detail = Some(e.message.clone());
     }
-    shared
+    state
         .auditor
         .record(entry)
         .await
@@ -74,16 +73,16 @@ fn not_admin(peer: &Peer, what: &str) -> ApiError {
 }
 
 pub(super) async fn rotate(
-    State(shared): State<Arc<Shared>>,
+    State(state): State<SocketState>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     request: Request,
 ) -> Result<Json<RotateOutcome>, ApiError> {
-    let mut entry = peer.audit(shared.scheduler.clock().now().timestamp(), "rotate");
+    let mut entry = peer.audit(state.clock.now().timestamp(), "rotate");
     let result = async {
-        require_any_admin(&shared, &peer)?;
+        require_any_admin(&state, &peer)?;
         let req: RotateRequest = read_json(request.into_body()).await?;
         let set = SetName::new(&req.set).map_err(|e| ApiError::bad_request(format!("set: {e}")))?;
-        let policies = shared.scheduler.policies();
+        let policies = state.policies.current();
         let policy = policies
             .get(&set)
             .ok_or_else(|| ApiError::not_found(format!("set: no key set named {:?}", req.set)))?;
@@ -97,12 +96,12 @@ pub(super) async fn rotate(
             .transpose()
             .map_err(|e| ApiError::bad_request(format!("alg: {e}")))?;
         entry.detail = Some(format!("set {set} now={}", req.now));
-        let (outcome, _events) = shared
-            .scheduler
+        let (outcome, _events) = state
+            .lifecycle
             .rotate(&set, alg, req.now)
             .await
             .map_err(lifecycle_error)?;
-        shared.refresh().await.map_err(ApiError::internal)?;
+        state.keyring.refresh().await.map_err(ApiError::internal)?;
         entry.kid = outcome
             .activated
             .as_ref()
@@ -111,38 +110,38 @@ pub(super) async fn rotate(
         Ok(outcome)
     }
     .await;
-    audited(&shared, entry, result).await.map(Json)
+    audited(&state, entry, result).await.map(Json)
 }
 
 pub(super) async fn revoke(
-    State(shared): State<Arc<Shared>>,
+    State(state): State<SocketState>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     request: Request,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let mut entry = peer.audit(shared.scheduler.clock().now().timestamp(), "revoke");
+    let mut entry = peer.audit(state.clock.now().timestamp(), "revoke");
     let result = async {
         // Non-admins learn nothing about which sets or kids exist.
-        require_any_admin(&shared, &peer)?;
+        require_any_admin(&state, &peer)?;
         let req: RevokeRequest = read_json(request.into_body()).await?;
         entry.kid = Some(req.kid.clone());
-        let snapshot = shared.keyring.snapshot();
+        let snapshot = state.keyring.snapshot();
         let key = snapshot
             .keys
             .iter()
             .find(|k| k.kid.as_str() == req.kid)
             .ok_or_else(|| ApiError::not_found(format!("kid: no key {:?}", req.kid)))?;
-        let policies = shared.scheduler.policies();
+        let policies = state.policies.current();
         let admin = policies.get(&key.set).is_some_and(|p| peer.is_admin_of(p));
         if !admin {
             return Err(not_admin(&peer, &format!("set {}", key.set)));
         }
-        let (outcome, _events): (RevokeOutcome, _) = shared
-            .scheduler
+        let (outcome, _events): (RevokeOutcome, _) = state
+            .lifecycle
             .revoke(&key.kid)
             .await
             .map_err(lifecycle_error)?;
         // Answer only once the key is out of this replica's JWKS.
-        shared.refresh().await.map_err(ApiError::internal)?;
+        state.keyring.refresh().await.map_err(ApiError::internal)?;
         Ok(serde_json::json!({
             "kid": outcome.kid,
             "state": "revoked",
@@ -150,7 +149,7 @@ pub(super) async fn revoke(
         }))
     }
     .await;
-    audited(&shared, entry, result).await.map(Json)
+    audited(&state, entry, result).await.map(Json)
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,8 +157,8 @@ pub(super) struct AuditQuery {
     limit: Option<u32>,
 }
 
-fn require_any_admin(shared: &Shared, peer: &Peer) -> Result<(), ApiError> {
-    let policies = shared.scheduler.policies();
+fn require_any_admin(state: &SocketState, peer: &Peer) -> Result<(), ApiError> {
+    let policies = state.policies.current();
     if policies.iter().any(|p| peer.is_admin_of(p)) {
         Ok(())
     } else {
@@ -168,19 +167,19 @@ fn require_any_admin(shared: &Shared, peer: &Peer) -> Result<(), ApiError> {
 }
 
 pub(super) async fn audit_tail(
-    State(shared): State<Arc<Shared>>,
+    State(state): State<SocketState>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Vec<AuditRecord>>, ApiError> {
-    let entry = peer.audit(shared.scheduler.clock().now().timestamp(), "audit");
+    let entry = peer.audit(state.clock.now().timestamp(), "audit");
     // A bad query string is a 400 in the error shape, after the admin check
     // (axum's own rejection is plain text).
-    let allowed = require_any_admin(&shared, &peer).and_then(|()| {
+    let allowed = require_any_admin(&state, &peer).and_then(|()| {
         query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))
     });
-    let Query(q) = audited(&shared, entry, allowed).await?;
+    let Query(q) = audited(&state, entry, allowed).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 100_000);
-    let records = shared
+    let records = state
         .store
         .audit_tail(limit)
         .await
@@ -197,14 +196,14 @@ pub struct VerifyAnswer {
 }
 
 pub(super) async fn audit_verify(
-    State(shared): State<Arc<Shared>>,
+    State(state): State<SocketState>,
     ConnectInfo(peer): ConnectInfo<Peer>,
 ) -> Result<Json<VerifyAnswer>, ApiError> {
-    let entry = peer.audit(shared.scheduler.clock().now().timestamp(), "audit");
-    let allowed = require_any_admin(&shared, &peer);
-    audited(&shared, entry, allowed).await?;
-    let records = shared.store.audit_all().await.map_err(ApiError::internal)?;
-    let anchor = shared
+    let entry = peer.audit(state.clock.now().timestamp(), "audit");
+    let allowed = require_any_admin(&state, &peer);
+    audited(&state, entry, allowed).await?;
+    let records = state.store.audit_all().await.map_err(ApiError::internal)?;
+    let anchor = state
         .store
         .audit_anchor()
         .await
@@ -223,7 +222,7 @@ pub(super) async fn audit_verify(
     };
     // Cutting records off the end leaves a valid shorter chain; this process
     // knows the newest record it wrote and whether the chain ever shrank.
-    let (newest, cut) = shared.auditor.head();
+    let (newest, cut) = state.auditor.head();
     if answer.ok {
         if let Some(msg) = cut {
             answer.ok = false;

@@ -1,5 +1,10 @@
 //! `POST /v1/assertions`: a SMART Backend Services client assertion
 //! (RFC 7523), signed by the active key of the client's set.
+//!
+//! The handler only wires: per-caller limits, the body, the authorization
+//! (`authorize`, a pure function), the signature, then the audit record
+//! and metrics of whatever happened. No signature leaves without its
+//! record; a refusal is recorded too.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -7,23 +12,18 @@ use std::time::Instant;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::{ApiError, MAX_BODY, Peer};
-use crate::audit::writer::{Receipt, Ticket};
+use super::authorize::{SignGrant, SignRequest, authorize_signature};
+use super::body::read_json;
+use super::error::ApiError;
+use super::peer::Peer;
+use super::state::SocketState;
+use crate::audit::chain::AuditEntry;
+use crate::audit::writer::{AuditError, Auditor, Receipt, Ticket};
 use crate::jose::{AssertionClaims, JwtHeader, encode_jws, new_jti};
-use crate::state::Shared;
+use crate::keys::SigningKey;
 use crate::types::{Alg, SetName};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AssertionRequest {
-    client_id: String,
-    audience: String,
-    alg: Option<String>,
-    set: Option<String>,
-    lifetime_s: Option<u64>,
-}
 
 /// The answer: the JWT plus what a caller needs to use and log it.
 #[derive(Debug, Serialize)]
@@ -37,46 +37,39 @@ pub struct AssertionAnswer {
     expires_at: i64,
 }
 
-/// Reads a JSON body of at most `MAX_BODY` bytes: 413 above, 400 when it is
-/// not the expected JSON (the message names the field and the rule).
-pub(super) async fn read_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, MAX_BODY)
-        .await
-        .map_err(|_| ApiError::too_large())?;
-    // serde_path_to_error names the field of a type error ("client_id:
-    // invalid type ..."), which serde_json alone does not.
-    let de = &mut serde_json::Deserializer::from_slice(&bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            ApiError::bad_request(format!("request body: {}", e.inner()))
-        } else {
-            ApiError::bad_request(format!("request body: {path}: {}", e.inner()))
-        }
-    })
+/// How a request's audit record reaches the chain.
+enum Record<'s> {
+    /// Handed in when the request is answered; batches wait for it (see
+    /// `Auditor::ticket`) while the request only uses the CPU.
+    Ticket(Ticket<'s>),
+    /// Handed in before signing (RSA); the answer waits until it is durable.
+    Early(Receipt),
+    /// Written when the request is answered, with no ticket out.
+    Later,
+}
+
+/// What became of one signature request: what the audit record and the
+/// metrics need, and the answer.
+struct Outcome<'s> {
+    entry: AuditEntry,
+    /// The client's set, once the client is known (never from the request).
+    set: Option<SetName>,
+    record: Record<'s>,
+    result: Result<AssertionAnswer, ApiError>,
 }
 
 pub(super) async fn create(
-    State(shared): State<Arc<Shared>>,
+    State(state): State<SocketState>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     request: Request,
 ) -> Result<Json<AssertionAnswer>, ApiError> {
     let started = Instant::now();
-    let now = shared.scheduler.clock().now();
-    let mut entry = peer.audit(now.timestamp(), "sign");
-    let mut set_label = String::new();
-    let mut ticket = None;
-    let mut receipt = None;
-    let result = sign(
-        &shared,
-        &peer,
-        request.into_body(),
-        &mut entry,
-        &mut set_label,
-        &mut ticket,
-        &mut receipt,
-    )
-    .await;
+    let Outcome {
+        mut entry,
+        set,
+        record,
+        result,
+    } = sign(&state, &peer, request.into_body()).await;
     match &result {
         Ok(answer) => {
             entry.kid = Some(answer.kid.clone());
@@ -94,202 +87,174 @@ pub(super) async fn create(
     }
     // Label values come from the policy, never from the request: a caller
     // must not be able to mint metric series (memory) with made-up ids.
-    let client_label = if set_label.is_empty() {
-        "unknown"
-    } else {
-        entry.client_id.as_deref().unwrap_or("unknown")
+    let (set_label, client_label) = match &set {
+        Some(set) => (
+            set.as_str(),
+            entry.client_id.as_deref().unwrap_or("unknown"),
+        ),
+        None => ("unknown", "unknown"),
     };
-    shared.metrics.signature(
-        if set_label.is_empty() {
-            "unknown"
-        } else {
-            &set_label
-        },
-        result.as_ref().map(|a| a.alg.as_str()).unwrap_or("unknown"),
+    state.metrics.signature(
+        set_label,
+        result.as_ref().map_or("unknown", |a| a.alg.as_str()),
         client_label,
         &entry.outcome,
     );
-    // No signature leaves without its audit record; a refusal is recorded too.
-    let recorded = match (receipt, ticket) {
-        // The record went in before the signature was made.
-        (Some(receipt), _) => match (receipt.durable().await, &result) {
-            (Ok(()), Err(_)) => {
-                // It says `ok`, but signing failed after it: the chain must
-                // say that this jti was never issued.
-                entry.detail = entry.detail.map(|d| {
-                    format!("{d}; no assertion was issued (the record before, with this jti, was written before signing)")
-                });
-                shared.auditor.record(entry).await
-            }
-            (durable, _) => durable,
-        },
-        (None, Some(ticket)) => ticket.record(entry).await,
-        (None, None) => shared.auditor.record(entry).await,
-    };
-    if let Err(e) = recorded {
+    if let Err(e) = hand_in(&state.auditor, record, entry, result.is_err()).await {
         return Err(ApiError::internal(e));
     }
-    shared
+    state
         .metrics
         .sign_seconds
         .observe(started.elapsed().as_secs_f64());
     result.map(Json)
 }
 
-async fn sign<'s>(
-    shared: &'s Shared,
-    peer: &Peer,
-    body: Body,
-    entry: &mut crate::audit::AuditEntry,
-    set_label: &mut String,
-    ticket: &mut Option<Ticket<'s>>,
-    receipt: &mut Option<Receipt>,
-) -> Result<AssertionAnswer, ApiError> {
-    let policies = shared.scheduler.policies();
+/// Makes `entry` durable in the chain the way `record` says.
+async fn hand_in(
+    auditor: &Auditor,
+    record: Record<'_>,
+    mut entry: AuditEntry,
+    failed: bool,
+) -> Result<(), AuditError> {
+    match record {
+        Record::Early(receipt) => {
+            let durable = receipt.durable().await;
+            if durable.is_ok() && failed {
+                // The record went in before signing and says `ok`, but
+                // signing failed after it: the chain must say that this jti
+                // was never issued.
+                entry.detail = entry.detail.map(|d| {
+                    format!("{d}; no assertion was issued (the record before, with this jti, was written before signing)")
+                });
+                return auditor.record(entry).await;
+            }
+            durable
+        }
+        Record::Ticket(ticket) => ticket.record(entry).await,
+        Record::Later => auditor.record(entry).await,
+    }
+}
+
+/// Admits, reads, authorizes and signs one request.
+async fn sign<'s>(state: &'s SocketState, peer: &Peer, body: Body) -> Outcome<'s> {
+    let now = state.clock.now().timestamp();
+    let mut entry = peer.audit(now, "sign");
+    let refused = |entry, set, record, error| Outcome {
+        entry,
+        set,
+        record,
+        result: Err(error),
+    };
+    let policies = state.policies.current();
     // Who this peer is to the policies, worked out once per request.
     let grants = peer.grants(&policies);
     // Limits first: a flooding caller is turned away before its request
-    // costs anything.
-    let _slot = shared.caller_limits.admit(peer, &grants)?;
-    let req: AssertionRequest = read_json(body).await?;
+    // costs anything. The slot is held until the signature is made.
+    let _slot = match state.limits.admit(peer, &grants) {
+        Ok(slot) => slot,
+        Err(e) => return refused(entry, None, Record::Later, e),
+    };
+    let req: SignRequest = match read_json(body).await {
+        Ok(req) => req,
+        Err(e) => return refused(entry, None, Record::Later, e),
+    };
     // From here on the request only uses the CPU until its entry is handed
-    // in (an RSA request hands it in before signing, below): batches may
-    // wait for it. Not before: a client that sends its body slowly must not
-    // hold them up.
-    *ticket = Some(shared.auditor.ticket());
+    // in: batches may wait for it. Not before: a client that sends its body
+    // slowly must not hold them up.
+    let ticket = state.auditor.ticket();
     entry.client_id = Some(req.client_id.clone());
     entry.audience = Some(req.audience.clone());
-    // An unknown client and a known client this caller may not use get the
-    // same answer: the socket does not tell who else is configured.
-    let not_allowed = || {
-        ApiError::forbidden(format!(
-            "client_id {:?} is not allowed for this caller (uid {}, gid {})",
-            req.client_id, peer.uid, peer.gid
-        ))
+    let grant = match authorize_signature(&policies, &grants, peer, &req) {
+        Ok(grant) => grant,
+        Err(r) => return refused(entry, r.set, Record::Ticket(ticket), r.error),
     };
-    if grants.is_empty() {
-        return Err(ApiError::forbidden(format!(
-            "caller uid {} gid {} is not listed in any policy's [[callers]]",
-            peer.uid, peer.gid
-        )));
-    }
-    let (policy, client) = policies
-        .find_client(&req.client_id)
-        .ok_or_else(not_allowed)?;
-    *set_label = policy.name.to_string();
-    if let Some(set) = &req.set {
-        let name = SetName::new(set).map_err(|e| ApiError::bad_request(format!("set: {e}")))?;
-        if policies.get(&name).is_none() {
-            return Err(ApiError::not_found(format!(
-                "set: no key set named {set:?}"
-            )));
-        }
-        if name != policy.name {
-            return Err(ApiError::forbidden(format!(
-                "client_id {:?} does not belong to set {set:?}",
-                req.client_id
-            )));
-        }
-    }
-    let allowed = grants
-        .iter()
-        .any(|(p, c)| p.name == policy.name && c.clients.contains(&req.client_id));
-    if !allowed {
-        return Err(not_allowed());
-    }
-    if !client.audiences.iter().any(|a| a == &req.audience) {
-        return Err(ApiError::forbidden(format!(
-            "audience {:?} is not allowed for client_id {:?} (policy {}: clients.audiences)",
-            req.audience,
-            req.client_id,
-            policy.file.display()
-        )));
-    }
-    let alg = match &req.alg {
-        None => policy.algorithms[0],
-        Some(a) => a
-            .parse::<Alg>()
-            .map_err(|e| ApiError::bad_request(format!("alg: {e}")))?,
+    let set = Some(grant.policy.name.clone());
+    let signer = match active_signer(state, &grant) {
+        Ok(signer) => signer,
+        Err(e) => return refused(entry, set, Record::Ticket(ticket), e),
     };
-    if !policy.algorithms.contains(&alg) {
-        return Err(ApiError::bad_request(format!(
-            "alg: set {} does not use {alg} (algorithms = {:?})",
-            policy.name,
-            policy
-                .algorithms
-                .iter()
-                .map(|a| a.as_str())
-                .collect::<Vec<_>>()
-        )));
-    }
-    let max = policy.assertion_lifetime.as_secs();
-    let lifetime = req.lifetime_s.unwrap_or(max);
-    if lifetime == 0 || lifetime > max {
-        return Err(ApiError::bad_request(format!(
-            "lifetime_s = {lifetime}: must be between 1 and the policy's assertion_lifetime ({max})"
-        )));
-    }
-    let snapshot = shared.keyring.snapshot();
-    let signer = snapshot
-        .sets
-        .get(&policy.name)
-        .and_then(|s| s.signers.get(&alg))
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::unavailable(format!("set {} has no active {alg} key yet", policy.name))
-        })?;
-    entry.kid = Some(signer.kid().to_string());
-    let now = shared.scheduler.clock().now().timestamp();
-    let jti = new_jti().map_err(ApiError::internal)?;
-    let jku = client.jku.then(|| shared.jwks_url(&policy.name));
+    let kid = signer.kid().to_string();
+    entry.kid = Some(kid.clone());
+    let jti = match new_jti() {
+        Ok(jti) => jti,
+        Err(e) => return refused(entry, set, Record::Ticket(ticket), ApiError::internal(e)),
+    };
+    let now = state.clock.now().timestamp();
     let header = JwtHeader {
-        alg,
+        alg: grant.alg,
         kid: signer.kid().clone(),
-        jku,
+        jku: grant
+            .client
+            .jku
+            .then(|| state.public_url.jwks_url(&grant.policy.name)),
     };
+    let expires_at = now + grant.lifetime_s as i64;
     let claims = AssertionClaims {
         iss: req.client_id.clone(),
         sub: req.client_id.clone(),
         aud: req.audience.clone(),
         iat: now,
-        exp: now + lifetime as i64,
+        exp: expires_at,
         jti: jti.clone(),
     };
-    let assertion = match alg {
-        // A P-384 signature is ~70 µs of CPU, about what handing it to
-        // another thread and waking this task again costs in futex calls
-        // and context switches. It runs here, on the runtime thread (one
-        // per core, so still at most one signature per core at once):
-        // measured on 2 cores with 64 clients, ES384 went from 6.4k to 10k
-        // signatures/s when the hop to the blocking pool was removed.
-        Alg::Es384 => encode_jws(&header, &claims, |input| signer.sign(input)),
-        // An RSA-4096 signature takes milliseconds: it runs on the signing
-        // threads, one per core, so the runtime keeps answering (JWKS,
-        // other callers) meanwhile. Its record is handed in first, so that
-        // it is made durable together with those of the signatures queued
-        // around it (`Auditor::submit_early`); the answer still waits for it.
+    let (signed, record) = match grant.alg {
+        // A P-384 signature costs about what handing it to another thread
+        // and waking this task again costs (BENCHMARKS.md): it runs here,
+        // on the runtime thread, one per core, so still at most one
+        // signature per core at once.
+        Alg::Es384 => (
+            encode_jws(&header, &claims, |input| signer.sign(input)).map_err(ApiError::internal),
+            Record::Ticket(ticket),
+        ),
+        // An RSA signature takes milliseconds: it runs on the signing
+        // threads so the runtime keeps answering meanwhile. Its record is
+        // handed in first, so that it is made durable together with those
+        // of the signatures queued around it (`Auditor::submit_early`);
+        // the answer still waits for it.
         Alg::Rs384 => {
             entry.jti = Some(jti.clone());
-            let early = entry.clone();
-            let handed_in = match ticket.take() {
-                Some(ticket) => ticket.submit_early(early).await,
-                None => shared.auditor.submit_early(early).await,
-            };
-            *receipt = Some(handed_in.map_err(ApiError::internal)?);
-            shared
-                .signers
-                .run(move || encode_jws(&header, &claims, |input| signer.sign(input)))
-                .await
-                .map_err(ApiError::internal)?
+            match ticket.submit_early(entry.clone()).await {
+                Ok(receipt) => {
+                    let signed = state
+                        .signers
+                        .run(move || encode_jws(&header, &claims, |input| signer.sign(input)))
+                        .await
+                        .map_err(ApiError::internal)
+                        .and_then(|r| r.map_err(ApiError::internal));
+                    (signed, Record::Early(receipt))
+                }
+                Err(e) => (Err(ApiError::internal(e)), Record::Later),
+            }
         }
-    }
-    .map_err(ApiError::internal)?;
-    Ok(AssertionAnswer {
+    };
+    let result = signed.map(|assertion| AssertionAnswer {
         assertion,
         client_assertion_type: "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-        kid: entry.kid.clone().unwrap_or_default(),
-        alg,
+        kid,
+        alg: grant.alg,
         jti,
-        expires_at: now + lifetime as i64,
-    })
+        expires_at,
+    });
+    Outcome {
+        entry,
+        set,
+        record,
+        result,
+    }
+}
+
+/// The active key of the granted (set, alg), or 503 while it has none.
+fn active_signer(state: &SocketState, grant: &SignGrant<'_>) -> Result<Arc<SigningKey>, ApiError> {
+    let set = &grant.policy.name;
+    state
+        .keyring
+        .snapshot()
+        .sets
+        .get(set)
+        .and_then(|s| s.signers.get(&grant.alg))
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::unavailable(format!("set {set} has no active {} key yet", grant.alg))
+        })
 }

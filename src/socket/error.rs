@@ -22,11 +22,12 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
-    pub fn too_large() -> Self {
+    /// 413: the body is over `limit` bytes.
+    pub fn too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("request body over {} bytes", super::MAX_BODY),
+            format!("request body over {limit} bytes"),
         )
     }
     pub fn unavailable(message: impl Into<String>) -> Self {

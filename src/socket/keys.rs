@@ -1,16 +1,15 @@
 //! `GET /v1/keys`: the keys of the caller's sets, in the shape of
 //! `jwksd keys list --json`.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{ConnectInfo, State};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, Peer};
+use super::error::ApiError;
+use super::peer::Peer;
+use super::state::SocketState;
 use crate::lifecycle::model::StoredKey;
-use crate::state::Shared;
 
 /// One key as listed: public facts only, times RFC 3339 UTC with `Z`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,27 +47,27 @@ pub fn key_view(k: &StoredKey) -> KeyView {
 }
 
 pub(super) async fn list(
-    State(shared): State<Arc<Shared>>,
+    State(state): State<SocketState>,
     ConnectInfo(peer): ConnectInfo<Peer>,
 ) -> Result<Json<Vec<KeyView>>, ApiError> {
-    let policies = shared.scheduler.policies();
+    let policies = state.policies.current();
     let grants = peer.grants(&policies);
     if grants.is_empty() {
         let err = ApiError::forbidden(format!(
             "caller uid {} gid {} is not listed in any policy's [[callers]]",
             peer.uid, peer.gid
         ));
-        let mut entry = peer.audit(shared.scheduler.clock().now().timestamp(), "keys");
+        let mut entry = peer.audit(state.clock.now().timestamp(), "keys");
         entry.outcome = err.code.to_owned();
         entry.detail = Some(err.message.clone());
-        shared
+        state
             .auditor
             .record(entry)
             .await
             .map_err(ApiError::internal)?;
         return Err(err);
     }
-    let snapshot = shared.keyring.snapshot();
+    let snapshot = state.keyring.snapshot();
     let keys = snapshot
         .keys
         .iter()

@@ -11,7 +11,8 @@ use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{ApiError, Grant, Peer};
+use super::error::ApiError;
+use super::peer::{Grant, Peer};
 
 /// The limits in force for one peer: the most generous of its entries.
 fn limits_for(grants: &[Grant<'_>]) -> Option<(u32, Option<u32>)> {

@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::Peer;
+use super::peer::Peer;
 
 /// Bounds of the socket server.
 #[derive(Debug, Clone, Copy)]
