@@ -42,16 +42,14 @@ const REPLAY_EVERY: Duration = Duration::from_secs(2);
 /// Longest a batch waits for entries that are on their way.
 ///
 /// Why wait at all: a batch's commit costs about the same CPU whatever its
-/// size (on a 2-core VM, ~130 µs of kernel and SQLite time around its
-/// fsync), and without waiting a batch holds only what arrived during the
-/// previous commit: 4.7 entries on average at 9,000 ES384 signatures/s.
-/// Waiting for the requests being signed doubled that (9 entries) and
-/// raised ES384 throughput with 64 clients by 2-25 % (median 7 %, 6
-/// rounds on a noisy 2-core VM). The wait ends as soon as no sibling is left, so at
-/// moderate load it adds at most about one signature's time (~0.1 ms for
-/// ES384), and reaches this bound only when the siblings never run out.
-/// tokio's timer has millisecond resolution: such a batch commits 1-2 ms
-/// after its first entry was taken.
+/// size, and without waiting a batch holds only what arrived during the
+/// previous commit. Waiting for the requests being signed makes batches
+/// larger and throughput higher (BENCHMARKS.md, "group commit that waits
+/// for requests being signed"). The wait ends as soon as no sibling is
+/// left, so at moderate load it adds at most about one signature's time,
+/// and reaches this bound only when the siblings never run out. tokio's
+/// timer has millisecond resolution: such a batch commits 1-2 ms after its
+/// first entry was taken.
 const GATHER: Duration = Duration::from_millis(1);
 /// Longest the writer holds early entries that nobody waits for yet. Only a
 /// safety bound: every early entry is waited for, or its receipt dropped,

@@ -6,11 +6,12 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use serde::{Deserialize, Serialize};
 
+use super::audited::audited;
 use super::body::read_json;
 use super::error::ApiError;
 use super::peer::Peer;
 use super::state::SocketState;
-use crate::audit::chain::{AuditEntry, AuditRecord, verify_stored};
+use crate::audit::chain::{AuditRecord, verify_stored};
 use crate::lifecycle::executor::{LifecycleError, RevokeOutcome, RotateOutcome};
 use crate::types::{Alg, Kid, SetName};
 
@@ -41,28 +42,6 @@ fn lifecycle_error(e: LifecycleError) -> ApiError {
         LifecycleError::Conflict(m) => ApiError::conflict(m),
         other => ApiError::internal(other),
     }
-}
-
-/// Records `entry` with the outcome of `result`, then returns the result.
-async fn audited<T>(
-    state: &SocketState,
-    mut entry: AuditEntry,
-    result: Result<T, ApiError>,
-) -> Result<T, ApiError> {
-    if let Err(e) = &result {
-        tracing::info!(
-            uid = entry.uid, action = %entry.action, status = e.status.as_u16(),
-            error = e.code, reason = %e.message, "admin request refused"
-        );
-        entry.outcome = e.code.to_owned();
-        entry.detail = Some(e.message.clone());
-    }
-    state
-        .auditor
-        .record(entry)
-        .await
-        .map_err(ApiError::internal)?;
-    result
 }
 
 fn not_admin(peer: &Peer, what: &str) -> ApiError {
@@ -110,7 +89,7 @@ pub(super) async fn rotate(
         Ok(outcome)
     }
     .await;
-    audited(&state, entry, result).await.map(Json)
+    audited(&state.auditor, entry, result).await.map(Json)
 }
 
 pub(super) async fn revoke(
@@ -149,7 +128,7 @@ pub(super) async fn revoke(
         }))
     }
     .await;
-    audited(&state, entry, result).await.map(Json)
+    audited(&state.auditor, entry, result).await.map(Json)
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,7 +156,7 @@ pub(super) async fn audit_tail(
     let allowed = require_any_admin(&state, &peer).and_then(|()| {
         query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))
     });
-    let Query(q) = audited(&state, entry, allowed).await?;
+    let Query(q) = audited(&state.auditor, entry, allowed).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 100_000);
     let records = state
         .store
@@ -201,7 +180,7 @@ pub(super) async fn audit_verify(
 ) -> Result<Json<VerifyAnswer>, ApiError> {
     let entry = peer.audit(state.clock.now().timestamp(), "audit");
     let allowed = require_any_admin(&state, &peer);
-    audited(&state, entry, allowed).await?;
+    audited(&state.auditor, entry, allowed).await?;
     let records = state.store.audit_all().await.map_err(ApiError::internal)?;
     let anchor = state
         .store

@@ -6,6 +6,7 @@ use axum::extract::{ConnectInfo, State};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::audited::audited;
 use super::error::ApiError;
 use super::peer::Peer;
 use super::state::SocketState;
@@ -53,19 +54,13 @@ pub(super) async fn list(
     let policies = state.policies.current();
     let grants = peer.grants(&policies);
     if grants.is_empty() {
+        // Only a refusal is recorded: listing public keys is no event.
         let err = ApiError::forbidden(format!(
             "caller uid {} gid {} is not listed in any policy's [[callers]]",
             peer.uid, peer.gid
         ));
-        let mut entry = peer.audit(state.clock.now().timestamp(), "keys");
-        entry.outcome = err.code.to_owned();
-        entry.detail = Some(err.message.clone());
-        state
-            .auditor
-            .record(entry)
-            .await
-            .map_err(ApiError::internal)?;
-        return Err(err);
+        let entry = peer.audit(state.clock.now().timestamp(), "keys");
+        return audited(&state.auditor, entry, Err(err)).await;
     }
     let snapshot = state.keyring.snapshot();
     let keys = snapshot

@@ -5,6 +5,7 @@
 
 mod admin;
 mod assertions;
+mod audited;
 pub mod authorize;
 mod body;
 pub mod error;

@@ -1,9 +1,10 @@
 //! CPU-heavy work that must never delay a request: RSA key generation.
 //!
-//! An RSA-4096 key takes 0.3 to 1.5 s of one core. On tokio's blocking pool
+//! An RSA-4096 key takes up to seconds of one core. On tokio's blocking pool
 //! it runs at the same priority as the signing threads, so on a 2-core
-//! machine a generation takes half the CPU from signing for that second
-//! (measured: ES384 p99 went to 120 ms during a rotation). Here each job gets
+//! machine a generation takes half the CPU from signing while it lasts, and
+//! signing latency shows it (BENCHMARKS.md, "key generation under
+//! SCHED_IDLE"). Here each job gets
 //! its own thread at the lowest scheduling priority (nice 19, SCHED_IDLE):
 //! the kernel gives it only what signing leaves idle, and a successor is
 //! needed days ahead (`publish_ahead`), not within the second. At most `cores` such jobs
