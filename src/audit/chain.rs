@@ -1,6 +1,6 @@
 //! The hash-chained audit trail: what one record holds, how its hash is
 //! computed, and how a chain is verified. Storage lives in `store`; the
-//! batching writer lives in `auditor`.
+//! batching writer lives in `writer`.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

@@ -9,7 +9,7 @@ use crate::types::Alg;
 /// of rotations needs kids and JWKS entries, never a signature.
 pub trait KeySource: Send + Sync + 'static {
     /// Generates one key pair. Blocking: called on a low-priority thread of
-    /// its own (`background::run_low_priority`).
+    /// its own (`workers::background::run_low_priority`).
     fn generate(&self, alg: Alg, rsa_bits: u32) -> Result<GeneratedKey, KeyError>;
 }
 
