@@ -11,5 +11,6 @@ pub mod daemon;
 pub mod policy;
 pub mod url;
 
+pub use check::{FieldError, ReadError, SyntaxError};
 pub use daemon::{Config, ConfigError, ServerConfig, StoreUrl, default_config_path, redact_url};
 pub use policy::{Policies, Policy, PolicyError};

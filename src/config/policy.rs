@@ -1,7 +1,8 @@
 //! Policy files (`policies/*.toml`, one key set each): the raw serde form,
-//! every validation rule with its message, and the validated [`Policy`] the
-//! rest of the daemon works from. What a [`Schedule`] means in time (its
-//! arithmetic) is the lifecycle's: `lifecycle::schedule`.
+//! the rules of a policy, and the validated [`Policy`] the rest of the
+//! daemon works from. How a refusal reads, and the field rules it shares
+//! with the daemon config, are [`super::check`]'s. What a [`Schedule`]
+//! means in time (its arithmetic) is the lifecycle's: `lifecycle::schedule`.
 //!
 //! Owns: parsing and checking policies, resolving caller user/group names to
 //! ids at load. Does not own: deciding transitions (the lifecycle does), or
@@ -20,7 +21,7 @@ use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use serde::Deserialize;
 
-use super::check::toml_position;
+use super::check::{self, Checker, FieldError, ReadError, SyntaxError};
 use super::url::parse_web_url;
 use crate::types::{Alg, SetName, Span};
 
@@ -50,13 +51,8 @@ pub const DEFAULT_CLOCK_SKEW: Span = Span::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     /// The file could not be read.
-    #[error("{}: cannot read policy file: {source}", file.display())]
-    Read {
-        /// The policy file.
-        file: PathBuf,
-        /// The I/O error.
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] ReadError),
     /// The policy directory could not be listed.
     #[error("{}: cannot read policy directory: {source}", dir.display())]
     ReadDir {
@@ -75,29 +71,12 @@ pub enum PolicyError {
     #[error("no policy files given")]
     NoFiles,
     /// TOML syntax error, unknown field or wrong value type.
-    #[error("{}: line {line}, column {column}: {message}", file.display())]
-    Syntax {
-        /// The policy file.
-        file: PathBuf,
-        /// 1-based line of the problem (1 when unknown).
-        line: usize,
-        /// 1-based column of the problem (1 when unknown).
-        column: usize,
-        /// The parser's message, e.g. ``unknown field `rotat`, expected ...``.
-        message: String,
-    },
-    /// A field breaks one of its rules.
-    #[error("{}: {field} = {value}: {rule}", file.display())]
-    Invalid {
-        /// The policy file.
-        file: PathBuf,
-        /// Path of the field, e.g. `grace` or `clients[1].audiences[0]`.
-        field: String,
-        /// The offending value as written (strings quoted), or `(unset)`.
-        value: String,
-        /// The rule it breaks.
-        rule: String,
-    },
+    #[error(transparent)]
+    Syntax(#[from] SyntaxError),
+    /// A field breaks one of its rules (field e.g. `grace` or
+    /// `clients[1].audiences[0]`).
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
     /// Two policy files use the same set name.
     #[error(
         "{}: name = {name:?}: already used by {}; set names are unique across policy files",
@@ -295,47 +274,10 @@ struct RawCaller {
     max_per_second: Option<i64>,
 }
 
-/// Builds [`PolicyError::Invalid`] for one file.
-struct Checker<'a> {
-    file: &'a Path,
-}
-
-impl Checker<'_> {
-    fn err(
-        &self,
-        field: impl Into<String>,
-        value: impl Into<String>,
-        rule: impl Into<String>,
-    ) -> PolicyError {
-        PolicyError::Invalid {
-            file: self.file.to_owned(),
-            field: field.into(),
-            value: value.into(),
-            rule: rule.into(),
-        }
-    }
-
-    fn span(&self, field: &str, raw: Option<&str>, default: Span) -> Result<Span, PolicyError> {
-        match raw {
-            None => Ok(default),
-            Some(text) => Span::parse(text).map_err(|_| {
-                self.err(
-                    field,
-                    format!("{text:?}"),
-                    "not a duration like \"90s\", \"5m\", \"1h30m\", \"7d\" or \"2w\" (units s, m, h, d, w; not zero)",
-                )
-            }),
-        }
-    }
-}
-
 impl Policy {
     /// Reads and validates one policy file. Errors name `path` as given.
     pub fn load_file(path: &Path) -> Result<Policy, PolicyError> {
-        let text = fs::read_to_string(path).map_err(|source| PolicyError::Read {
-            file: path.to_owned(),
-            source,
-        })?;
+        let text = check::read(path, "policy")?;
         Policy::from_toml(path, &text)
     }
 
@@ -343,17 +285,11 @@ impl Policy {
     /// [`Policy::file`]. No I/O except resolving `user`/`group` names.
     /// Returns the first problem found.
     pub fn from_toml(file: &Path, text: &str) -> Result<Policy, PolicyError> {
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
-            let (line, column, message) = toml_position(text, &e);
-            PolicyError::Syntax {
-                file: file.to_owned(),
-                line,
-                column,
-                message,
-            }
-        })?;
-        let c = Checker { file };
+        let raw: RawPolicy = check::parse_toml(file, text)?;
+        Ok(Policy::check(&Checker::new(file), raw)?)
+    }
 
+    fn check(c: &Checker<'_>, raw: RawPolicy) -> Result<Policy, FieldError> {
         let name = match raw.name.as_deref() {
             None => {
                 return Err(c.err(
@@ -433,7 +369,7 @@ impl Policy {
 
         let schedule = match (raw.rotate, raw.rotate_every) {
             (Some(expr), None) => Schedule::Cron {
-                cron: parse_cron(&c, &expr, tz)?,
+                cron: parse_cron(c, &expr, tz)?,
                 expr,
                 tz,
             },
@@ -445,7 +381,7 @@ impl Policy {
                         "only applies to rotate; rotate_every counts from the current key's activation",
                     ));
                 }
-                Schedule::Every(c.span("rotate_every", Some(&every), DEFAULT_GRACE)?)
+                Schedule::Every(c.span("rotate_every", &every)?)
             }
             (Some(expr), Some(every)) => {
                 return Err(c.err(
@@ -463,23 +399,23 @@ impl Policy {
             }
         };
 
-        let publish_ahead = c.span(
+        let publish_ahead = c.span_or(
             "publish_ahead",
             raw.publish_ahead.as_deref(),
             DEFAULT_PUBLISH_AHEAD,
         )?;
-        let grace = c.span("grace", raw.grace.as_deref(), DEFAULT_GRACE)?;
-        let jwks_max_age = c.span(
+        let grace = c.span_or("grace", raw.grace.as_deref(), DEFAULT_GRACE)?;
+        let jwks_max_age = c.span_or(
             "jwks_max_age",
             raw.jwks_max_age.as_deref(),
             DEFAULT_JWKS_MAX_AGE,
         )?;
-        let assertion_lifetime = c.span(
+        let assertion_lifetime = c.span_or(
             "assertion_lifetime",
             raw.assertion_lifetime.as_deref(),
             DEFAULT_ASSERTION_LIFETIME,
         )?;
-        let clock_skew = c.span("clock_skew", raw.clock_skew.as_deref(), DEFAULT_CLOCK_SKEW)?;
+        let clock_skew = c.span_or("clock_skew", raw.clock_skew.as_deref(), DEFAULT_CLOCK_SKEW)?;
 
         if assertion_lifetime > MAX_ASSERTION_LIFETIME {
             return Err(c.err(
@@ -510,11 +446,11 @@ impl Policy {
             ));
         }
 
-        let clients = check_clients(&c, raw.clients)?;
-        let callers = check_callers(&c, raw.callers, &clients)?;
+        let clients = check_clients(c, raw.clients)?;
+        let callers = check_callers(c, raw.callers, &clients)?;
 
         Ok(Policy {
-            file: file.to_owned(),
+            file: c.file().to_owned(),
             name,
             algorithms,
             rsa_bits,
@@ -535,7 +471,7 @@ impl Policy {
     }
 }
 
-fn parse_cron(c: &Checker<'_>, expr: &str, tz: Tz) -> Result<Cron, PolicyError> {
+fn parse_cron(c: &Checker<'_>, expr: &str, tz: Tz) -> Result<Cron, FieldError> {
     let value = format!("{expr:?}");
     let fields = expr.split_whitespace().count();
     if fields != 5 && fields != 6 {
@@ -572,7 +508,7 @@ fn parse_cron(c: &Checker<'_>, expr: &str, tz: Tz) -> Result<Cron, PolicyError> 
     Ok(cron)
 }
 
-fn check_clients(c: &Checker<'_>, raw: Vec<RawClient>) -> Result<Vec<ClientPolicy>, PolicyError> {
+fn check_clients(c: &Checker<'_>, raw: Vec<RawClient>) -> Result<Vec<ClientPolicy>, FieldError> {
     let mut clients: Vec<ClientPolicy> = Vec::with_capacity(raw.len());
     for (i, rc) in raw.into_iter().enumerate() {
         let field = format!("clients[{i}].client_id");
@@ -625,7 +561,7 @@ fn check_callers(
     c: &Checker<'_>,
     raw: Vec<RawCaller>,
     clients: &[ClientPolicy],
-) -> Result<Vec<CallerPolicy>, PolicyError> {
+) -> Result<Vec<CallerPolicy>, FieldError> {
     let mut callers = Vec::with_capacity(raw.len());
     for (i, rc) in raw.into_iter().enumerate() {
         let set: Vec<&str> = [
@@ -644,7 +580,7 @@ fn check_callers(
                 "must set exactly one of uid, gid, user, group",
             ));
         }
-        let id = |field: &str, v: i64| -> Result<u32, PolicyError> {
+        let id = |field: &str, v: i64| -> Result<u32, FieldError> {
             u32::try_from(v)
                 .ok()
                 .filter(|&id| id != u32::MAX)
