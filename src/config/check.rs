@@ -3,17 +3,23 @@
 //! (DESIGN §3) is written once: the three ways a file is refused
 //! ([`ReadError`], [`SyntaxError`], [`FieldError`]) and the [`Checker`] that
 //! builds field errors for one file, with the rules of a value's shape that
-//! either file may use (paths, durations).
+//! either file may use (non-empty, paths, durations, integer ranges, web
+//! URLs).
 //!
 //! Owns: the message shapes and those shape rules. Does not own: the rules
-//! of one file only (they stay in `daemon.rs` and `policy.rs`).
+//! of one file only (they stay in `daemon.rs` and `policy.rs`), or what a
+//! web URL may be (`url.rs`).
 
+use std::fmt;
 use std::fs;
 use std::io;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
+use hyper::Uri;
 use serde::de::DeserializeOwned;
 
+use super::url::parse_web_url;
 use crate::types::Span;
 
 /// The rule stated for a duration field whose text does not parse.
@@ -132,12 +138,17 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// A path field: non-empty; a relative one joins the base directory.
-    pub fn path(&self, field: &str, text: &str) -> Result<PathBuf, FieldError> {
+    /// `text` if it is not empty.
+    pub fn non_empty<'t>(&self, field: &str, text: &'t str) -> Result<&'t str, FieldError> {
         if text.is_empty() {
             return Err(self.err(field, "\"\"", "must not be empty"));
         }
-        Ok(self.resolve(text))
+        Ok(text)
+    }
+
+    /// A path field: non-empty; a relative one joins the base directory.
+    pub fn path(&self, field: &str, text: &str) -> Result<PathBuf, FieldError> {
+        Ok(self.resolve(self.non_empty(field, text)?))
     }
 
     /// `text` as a path, a relative one joined to the base directory.
@@ -163,6 +174,28 @@ impl<'a> Checker<'a> {
         default: Span,
     ) -> Result<Span, FieldError> {
         text.map_or(Ok(default), |t| self.span(field, t))
+    }
+
+    /// An integer field that must lie in `range` (both ends included).
+    pub fn within<T>(&self, field: &str, n: i64, range: RangeInclusive<T>) -> Result<T, FieldError>
+    where
+        T: TryFrom<i64> + PartialOrd + fmt::Display,
+    {
+        T::try_from(n)
+            .ok()
+            .filter(|v| range.contains(v))
+            .ok_or_else(|| {
+                self.err(
+                    field,
+                    n.to_string(),
+                    format!("must be between {} and {}", range.start(), range.end()),
+                )
+            })
+    }
+
+    /// A web URL field: "https unless localhost" (see [`parse_web_url`]).
+    pub fn web_url(&self, field: &str, text: &str) -> Result<Uri, FieldError> {
+        parse_web_url(text).map_err(|e| self.err(field, format!("{text:?}"), e.to_string()))
     }
 }
 
@@ -199,6 +232,19 @@ mod tests {
             c.path("p", "").unwrap_err().to_string(),
             "x.toml: p = \"\": must not be empty"
         );
+    }
+
+    #[test]
+    fn range_ends_are_included_and_named_in_the_rule() {
+        let c = checker();
+        assert_eq!(c.within::<u32>("n", 1, 1..=10), Ok(1));
+        assert_eq!(c.within::<u32>("n", 10, 1..=10), Ok(10));
+        for bad in [0, 11, -1] {
+            assert_eq!(
+                c.within::<u32>("n", bad, 1..=10).unwrap_err().rule,
+                "must be between 1 and 10"
+            );
+        }
     }
 
     #[test]

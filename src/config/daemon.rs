@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::check::{self, Checker, FieldError, ReadError, SyntaxError};
-use super::url::parse_web_url;
 
 /// Environment variable naming the config file (before `./jwksd.toml`).
 pub const CONFIG_ENV: &str = "JWKSD_CONFIG";
@@ -273,8 +272,7 @@ impl Config {
                 ));
             }
             Some(u) => {
-                let uri = parse_web_url(u)
-                    .map_err(|e| c.err("server.public_url", format!("{u:?}"), e.to_string()))?;
+                let uri = c.web_url("server.public_url", u)?;
                 if uri.query().is_some() {
                     return Err(c.err(
                         "server.public_url",
@@ -329,16 +327,7 @@ impl Config {
 
         let max_connections = match s.max_connections {
             None => 1024,
-            Some(n) => usize::try_from(n)
-                .ok()
-                .filter(|n| (1..=100_000).contains(n))
-                .ok_or_else(|| {
-                    c.err(
-                        "server.max_connections",
-                        n.to_string(),
-                        "must be between 1 and 100000",
-                    )
-                })?,
+            Some(n) => c.within("server.max_connections", n, 1..=100_000)?,
         };
         let header_timeout = match s.header_timeout.as_deref() {
             None => std::time::Duration::from_secs(30),

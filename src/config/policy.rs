@@ -22,7 +22,6 @@ use croner::parser::{CronParser, Seconds, Year};
 use serde::Deserialize;
 
 use super::check::{self, Checker, FieldError, ReadError, SyntaxError};
-use super::url::parse_web_url;
 use crate::types::{Alg, SetName, Span};
 
 /// Default `algorithms`: both, RS384 first (so `sign` defaults to RS384).
@@ -515,9 +514,7 @@ fn check_clients(c: &Checker<'_>, raw: Vec<RawClient>) -> Result<Vec<ClientPolic
         let Some(client_id) = rc.client_id else {
             return Err(c.err(field, "(unset)", "required"));
         };
-        if client_id.is_empty() {
-            return Err(c.err(field, "\"\"", "must not be empty"));
-        }
+        c.non_empty(&field, &client_id)?;
         if !client_id.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
             return Err(c.err(
                 field,
@@ -545,8 +542,7 @@ fn check_clients(c: &Checker<'_>, raw: Vec<RawClient>) -> Result<Vec<ClientPolic
             Some(a) => a,
         };
         for (k, aud) in audiences.iter().enumerate() {
-            parse_web_url(aud)
-                .map_err(|e| c.err(format!("{field}[{k}]"), format!("{aud:?}"), e.to_string()))?;
+            c.web_url(&format!("{field}[{k}]"), aud)?;
         }
         clients.push(ClientPolicy {
             client_id,
@@ -580,18 +576,9 @@ fn check_callers(
                 "must set exactly one of uid, gid, user, group",
             ));
         }
-        let id = |field: &str, v: i64| -> Result<u32, FieldError> {
-            u32::try_from(v)
-                .ok()
-                .filter(|&id| id != u32::MAX)
-                .ok_or_else(|| {
-                    c.err(
-                        format!("callers[{i}].{field}"),
-                        v.to_string(),
-                        "must be between 0 and 4294967294",
-                    )
-                })
-        };
+        // u32::MAX is the "no id" value of chown and setuid, never a real one.
+        let id =
+            |field: &str, v: i64| c.within(&format!("callers[{i}].{field}"), v, 0..=u32::MAX - 1);
         let matcher = if let Some(uid) = rc.uid {
             CallerMatch::Uid(id("uid", uid)?)
         } else if let Some(gid) = rc.gid {
@@ -645,31 +632,11 @@ fn check_callers(
         }
         let max_concurrent = match rc.max_concurrent {
             None => DEFAULT_MAX_CONCURRENT,
-            Some(n) => u32::try_from(n)
-                .ok()
-                .filter(|n| (1..=10_000).contains(n))
-                .ok_or_else(|| {
-                    c.err(
-                        format!("callers[{i}].max_concurrent"),
-                        n.to_string(),
-                        "must be between 1 and 10000",
-                    )
-                })?,
+            Some(n) => c.within(&format!("callers[{i}].max_concurrent"), n, 1..=10_000)?,
         };
         let max_per_second = match rc.max_per_second {
             None => None,
-            Some(n) => Some(
-                u32::try_from(n)
-                    .ok()
-                    .filter(|n| (1..=1_000_000).contains(n))
-                    .ok_or_else(|| {
-                        c.err(
-                            format!("callers[{i}].max_per_second"),
-                            n.to_string(),
-                            "must be between 1 and 1000000",
-                        )
-                    })?,
-            ),
+            Some(n) => Some(c.within(&format!("callers[{i}].max_per_second"), n, 1..=1_000_000)?),
         };
         callers.push(CallerPolicy {
             matcher,
