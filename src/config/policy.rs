@@ -73,39 +73,10 @@ pub enum PolicyError {
     #[error(transparent)]
     Syntax(#[from] SyntaxError),
     /// A field breaks one of its rules (field e.g. `grace` or
-    /// `clients[1].audiences[0]`).
+    /// `clients[1].audiences[0]`), including a set name or client_id that
+    /// another policy file already uses.
     #[error(transparent)]
     Invalid(#[from] FieldError),
-    /// Two policy files use the same set name.
-    #[error(
-        "{}: name = {name:?}: already used by {}; set names are unique across policy files",
-        file.display(),
-        other.display()
-    )]
-    DuplicateSetName {
-        /// The file refused.
-        file: PathBuf,
-        /// The file loaded first with that name.
-        other: PathBuf,
-        /// The set name.
-        name: String,
-    },
-    /// Two policy files define the same client_id.
-    #[error(
-        "{}: clients[{index}].client_id = {client_id:?}: already defined in {}; client_ids are unique across policy files",
-        file.display(),
-        other.display()
-    )]
-    DuplicateClientId {
-        /// The file refused.
-        file: PathBuf,
-        /// The file loaded first with that client.
-        other: PathBuf,
-        /// Index of the client in `file`.
-        index: usize,
-        /// The client_id.
-        client_id: String,
-    },
     /// Several files failed; one line per problem.
     #[error("{}", join_lines(.0))]
     Many(Vec<PolicyError>),
@@ -722,12 +693,28 @@ impl Policies {
 
     /// Adds a policy after the cross-file uniqueness checks.
     fn insert(&mut self, policy: Policy) -> Result<(), PolicyError> {
+        self.check_unique(&policy)?;
+        for client in &policy.clients {
+            self.clients
+                .insert(client.client_id.clone(), policy.name.clone());
+        }
+        self.sets.insert(policy.name.clone(), Arc::new(policy));
+        Ok(())
+    }
+
+    /// Set names and client_ids are unique across files; the file loaded
+    /// first keeps its own and the later one is refused, naming both.
+    fn check_unique(&self, policy: &Policy) -> Result<(), FieldError> {
+        let c = Checker::new(&policy.file);
         if let Some(other) = self.sets.get(&policy.name) {
-            return Err(PolicyError::DuplicateSetName {
-                file: policy.file.clone(),
-                other: other.file.clone(),
-                name: policy.name.to_string(),
-            });
+            return Err(c.err(
+                "name",
+                format!("{:?}", policy.name.as_str()),
+                format!(
+                    "already used by {}; set names are unique across policy files",
+                    other.file.display()
+                ),
+            ));
         }
         for (index, client) in policy.clients.iter().enumerate() {
             if let Some(other) = self
@@ -735,19 +722,16 @@ impl Policies {
                 .get(&client.client_id)
                 .and_then(|set| self.sets.get(set))
             {
-                return Err(PolicyError::DuplicateClientId {
-                    file: policy.file.clone(),
-                    other: other.file.clone(),
-                    index,
-                    client_id: client.client_id.clone(),
-                });
+                return Err(c.err(
+                    format!("clients[{index}].client_id"),
+                    format!("{:?}", client.client_id),
+                    format!(
+                        "already defined in {}; client_ids are unique across policy files",
+                        other.file.display()
+                    ),
+                ));
             }
         }
-        for client in &policy.clients {
-            self.clients
-                .insert(client.client_id.clone(), policy.name.clone());
-        }
-        self.sets.insert(policy.name.clone(), Arc::new(policy));
         Ok(())
     }
 
