@@ -1,5 +1,6 @@
-//! The daemon config (`jwksd.toml`): raw serde form -> validated [`Config`],
-//! every rule with a `<file>: <section.field> = <value>: <rule>` message.
+//! The daemon config (`jwksd.toml`): raw serde form -> validated [`Config`].
+//! Each refusal is a [`super::check`] error naming the file, the
+//! `section.field`, the value and the rule.
 //!
 //! Owns: parsing, defaults, and resolving relative paths against the config
 //! file's directory. Does not own: reading the master key or the policies,
@@ -9,15 +10,12 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::fs;
-use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::check::toml_position;
-use super::url::parse_web_url;
+use super::check::{self, Checker, FieldError, ReadError, SyntaxError};
 
 /// Environment variable naming the config file (before `./jwksd.toml`).
 pub const CONFIG_ENV: &str = "JWKSD_CONFIG";
@@ -42,37 +40,15 @@ pub const DEFAULT_POLICIES_DIR: &str = "/etc/jwksd/policies";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{}: cannot read config file: {source}", file.display())]
-    Read {
-        /// The config file.
-        file: PathBuf,
-        /// The I/O error.
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] ReadError),
     /// TOML syntax error, unknown section or field, or wrong value type.
-    #[error("{}: line {line}, column {column}: {message}", file.display())]
-    Syntax {
-        /// The config file.
-        file: PathBuf,
-        /// 1-based line of the problem.
-        line: usize,
-        /// 1-based column of the problem.
-        column: usize,
-        /// The parser's message.
-        message: String,
-    },
-    /// A field breaks one of its rules.
-    #[error("{}: {field} = {value}: {rule}", file.display())]
-    Invalid {
-        /// The config file.
-        file: PathBuf,
-        /// `section.field`, e.g. `server.socket_mode`.
-        field: String,
-        /// The value as written (strings quoted, passwords redacted), or `(unset)`.
-        value: String,
-        /// The rule it breaks.
-        rule: String,
-    },
+    #[error(transparent)]
+    Syntax(#[from] SyntaxError),
+    /// A field breaks one of its rules (field `section.field`, e.g.
+    /// `server.socket_mode`; Postgres passwords redacted in the value).
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
 }
 
 /// The validated daemon config.
@@ -241,48 +217,15 @@ struct RawPolicies {
     dir: Option<String>,
 }
 
-/// Validation context: the file for messages, the base for relative paths.
-struct Checker<'a> {
-    file: &'a Path,
-    base: &'a Path,
-}
-
-impl Checker<'_> {
-    fn err(&self, field: &str, value: impl Into<String>, rule: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
-            file: self.file.to_owned(),
-            field: field.to_owned(),
-            value: value.into(),
-            rule: rule.into(),
-        }
-    }
-
-    /// A path field: non-empty; relative ones join the config's directory.
-    fn path(&self, field: &str, text: &str) -> Result<PathBuf, ConfigError> {
-        if text.is_empty() {
-            return Err(self.err(field, "\"\"", "must not be empty"));
-        }
-        Ok(self.resolve(text))
-    }
-
-    fn resolve(&self, text: &str) -> PathBuf {
-        let p = Path::new(text);
-        if p.is_absolute() {
-            p.to_owned()
-        } else {
-            self.base.join(p)
-        }
-    }
-
-    fn addr(&self, field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
-        text.parse().map_err(|_| {
-            self.err(
-                field,
-                format!("{text:?}"),
-                "must be an IP address and port, like \"127.0.0.1:8080\" or \"[::]:8080\"",
-            )
-        })
-    }
+/// `server.listen` and `server.admin_listen`: an IP address and a port.
+fn addr(c: &Checker<'_>, field: &str, text: &str) -> Result<SocketAddr, FieldError> {
+    text.parse().map_err(|_| {
+        c.err(
+            field,
+            format!("{text:?}"),
+            "must be an IP address and port, like \"127.0.0.1:8080\" or \"[::]:8080\"",
+        )
+    })
 }
 
 impl Config {
@@ -290,42 +233,34 @@ impl Config {
     /// against the file's directory, made absolute with the current
     /// directory, so they stay right if the daemon later changes directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: path.to_owned(),
-            source,
-        })?;
+        let text = check::read(path, "config")?;
         let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         let base = absolute.parent().unwrap_or(Path::new(""));
-        Config::validate(path, base, &text)
+        Config::validate(Checker::with_base(path, base), &text)
     }
 
     /// Validates config text without I/O; relative paths are resolved
     /// against `file`'s directory as given (so stay relative if it is).
     pub fn from_toml(file: &Path, text: &str) -> Result<Config, ConfigError> {
-        let base = file.parent().unwrap_or(Path::new(""));
-        Config::validate(file, base, text)
+        Config::validate(Checker::new(file), text)
     }
 
-    fn validate(file: &Path, base: &Path, text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let (line, column, message) = toml_position(text, &e);
-            ConfigError::Syntax {
-                file: file.to_owned(),
-                line,
-                column,
-                message,
-            }
-        })?;
-        let c = Checker { file, base };
+    fn validate(c: Checker<'_>, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = check::parse_toml(c.file(), text)?;
+        Ok(Config::check(&c, raw)?)
+    }
+
+    fn check(c: &Checker<'_>, raw: RawConfig) -> Result<Config, FieldError> {
         let s = raw.server;
 
-        let listen = c.addr(
+        let listen = addr(
+            c,
             "server.listen",
             s.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
         )?;
         let admin_listen = match s.admin_listen.as_deref() {
             None => None,
-            Some(a) => Some(c.addr("server.admin_listen", a)?),
+            Some(a) => Some(addr(c, "server.admin_listen", a)?),
         };
 
         let public_url = match s.public_url.as_deref() {
@@ -337,8 +272,7 @@ impl Config {
                 ));
             }
             Some(u) => {
-                let uri = parse_web_url(u)
-                    .map_err(|e| c.err("server.public_url", format!("{u:?}"), e.to_string()))?;
+                let uri = c.web_url("server.public_url", u)?;
                 if uri.query().is_some() {
                     return Err(c.err(
                         "server.public_url",
@@ -378,7 +312,7 @@ impl Config {
         )?;
         let socket_mode = match &s.socket_mode {
             None => DEFAULT_SOCKET_MODE,
-            Some(v) => parse_socket_mode(&c, v)?,
+            Some(v) => parse_socket_mode(c, v)?,
         };
         let socket_group = match s.socket_group {
             Some(g) if g.is_empty() => {
@@ -393,16 +327,7 @@ impl Config {
 
         let max_connections = match s.max_connections {
             None => 1024,
-            Some(n) => usize::try_from(n)
-                .ok()
-                .filter(|n| (1..=100_000).contains(n))
-                .ok_or_else(|| {
-                    c.err(
-                        "server.max_connections",
-                        n.to_string(),
-                        "must be between 1 and 100000",
-                    )
-                })?,
+            Some(n) => c.within("server.max_connections", n, 1..=100_000)?,
         };
         let header_timeout = match s.header_timeout.as_deref() {
             None => std::time::Duration::from_secs(30),
@@ -418,7 +343,7 @@ impl Config {
                     )
                 })?,
         };
-        let store = parse_store(&c, raw.store.url.as_deref().unwrap_or(DEFAULT_STORE_URL))?;
+        let store = parse_store(c, raw.store.url.as_deref().unwrap_or(DEFAULT_STORE_URL))?;
         let audit_retention =
             match raw.store.audit_retention.as_deref() {
                 None => None,
@@ -444,7 +369,7 @@ impl Config {
         )?;
 
         Ok(Config {
-            file: file.to_owned(),
+            file: c.file().to_owned(),
             server: ServerConfig {
                 listen,
                 public_url,
@@ -467,7 +392,7 @@ impl Config {
 }
 
 /// `socket_mode`: a quoted octal string such as `"0660"` (or `"0o660"`).
-fn parse_socket_mode(c: &Checker<'_>, value: &toml::Value) -> Result<u32, ConfigError> {
+fn parse_socket_mode(c: &Checker<'_>, value: &toml::Value) -> Result<u32, FieldError> {
     const FIELD: &str = "server.socket_mode";
     let shown = value.to_string();
     let text = match value {
@@ -511,7 +436,7 @@ fn parse_socket_mode(c: &Checker<'_>, value: &toml::Value) -> Result<u32, Config
 }
 
 /// `store.url`: `sqlite://PATH` or `postgres://...` / `postgresql://...`.
-fn parse_store(c: &Checker<'_>, url: &str) -> Result<StoreUrl, ConfigError> {
+fn parse_store(c: &Checker<'_>, url: &str) -> Result<StoreUrl, FieldError> {
     const FIELD: &str = "store.url";
     let shown = || format!("{:?}", redact_url(url));
     if let Some(path) = url.strip_prefix("sqlite://") {
@@ -569,6 +494,8 @@ fn choose_config_path(env: Option<OsString>, local_exists: bool) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     const F: &str = "etc/jwksd.toml";

@@ -12,6 +12,7 @@ pub mod live;
 pub mod policy;
 pub mod url;
 
+pub use check::{FieldError, ReadError, SyntaxError};
 pub use daemon::{Config, ConfigError, ServerConfig, StoreUrl, default_config_path, redact_url};
 pub use live::LivePolicies;
 pub use policy::{Policies, Policy, PolicyError};

@@ -1,7 +1,8 @@
 //! Policy files (`policies/*.toml`, one key set each): the raw serde form,
-//! every validation rule with its message, and the validated [`Policy`] the
-//! rest of the daemon works from. What a [`Schedule`] means in time (its
-//! arithmetic) is the lifecycle's: `lifecycle::schedule`.
+//! the rules of a policy, and the validated [`Policy`] the rest of the
+//! daemon works from. How a refusal reads, and the field rules it shares
+//! with the daemon config, are [`super::check`]'s. What a [`Schedule`]
+//! means in time (its arithmetic) is the lifecycle's: `lifecycle::schedule`.
 //!
 //! Owns: parsing and checking policies, resolving caller user/group names to
 //! ids at load. Does not own: deciding transitions (the lifecycle does), or
@@ -20,8 +21,7 @@ use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use serde::Deserialize;
 
-use super::check::toml_position;
-use super::url::parse_web_url;
+use super::check::{self, Checker, FieldError, ReadError, SyntaxError};
 use crate::types::{Alg, SetName, Span};
 
 /// Default `algorithms`: both, RS384 first (so `sign` defaults to RS384).
@@ -50,13 +50,8 @@ pub const DEFAULT_CLOCK_SKEW: Span = Span::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     /// The file could not be read.
-    #[error("{}: cannot read policy file: {source}", file.display())]
-    Read {
-        /// The policy file.
-        file: PathBuf,
-        /// The I/O error.
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] ReadError),
     /// The policy directory could not be listed.
     #[error("{}: cannot read policy directory: {source}", dir.display())]
     ReadDir {
@@ -75,59 +70,13 @@ pub enum PolicyError {
     #[error("no policy files given")]
     NoFiles,
     /// TOML syntax error, unknown field or wrong value type.
-    #[error("{}: line {line}, column {column}: {message}", file.display())]
-    Syntax {
-        /// The policy file.
-        file: PathBuf,
-        /// 1-based line of the problem (1 when unknown).
-        line: usize,
-        /// 1-based column of the problem (1 when unknown).
-        column: usize,
-        /// The parser's message, e.g. ``unknown field `rotat`, expected ...``.
-        message: String,
-    },
-    /// A field breaks one of its rules.
-    #[error("{}: {field} = {value}: {rule}", file.display())]
-    Invalid {
-        /// The policy file.
-        file: PathBuf,
-        /// Path of the field, e.g. `grace` or `clients[1].audiences[0]`.
-        field: String,
-        /// The offending value as written (strings quoted), or `(unset)`.
-        value: String,
-        /// The rule it breaks.
-        rule: String,
-    },
-    /// Two policy files use the same set name.
-    #[error(
-        "{}: name = {name:?}: already used by {}; set names are unique across policy files",
-        file.display(),
-        other.display()
-    )]
-    DuplicateSetName {
-        /// The file refused.
-        file: PathBuf,
-        /// The file loaded first with that name.
-        other: PathBuf,
-        /// The set name.
-        name: String,
-    },
-    /// Two policy files define the same client_id.
-    #[error(
-        "{}: clients[{index}].client_id = {client_id:?}: already defined in {}; client_ids are unique across policy files",
-        file.display(),
-        other.display()
-    )]
-    DuplicateClientId {
-        /// The file refused.
-        file: PathBuf,
-        /// The file loaded first with that client.
-        other: PathBuf,
-        /// Index of the client in `file`.
-        index: usize,
-        /// The client_id.
-        client_id: String,
-    },
+    #[error(transparent)]
+    Syntax(#[from] SyntaxError),
+    /// A field breaks one of its rules (field e.g. `grace` or
+    /// `clients[1].audiences[0]`), including a set name or client_id that
+    /// another policy file already uses.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
     /// Several files failed; one line per problem.
     #[error("{}", join_lines(.0))]
     Many(Vec<PolicyError>),
@@ -295,47 +244,10 @@ struct RawCaller {
     max_per_second: Option<i64>,
 }
 
-/// Builds [`PolicyError::Invalid`] for one file.
-struct Checker<'a> {
-    file: &'a Path,
-}
-
-impl Checker<'_> {
-    fn err(
-        &self,
-        field: impl Into<String>,
-        value: impl Into<String>,
-        rule: impl Into<String>,
-    ) -> PolicyError {
-        PolicyError::Invalid {
-            file: self.file.to_owned(),
-            field: field.into(),
-            value: value.into(),
-            rule: rule.into(),
-        }
-    }
-
-    fn span(&self, field: &str, raw: Option<&str>, default: Span) -> Result<Span, PolicyError> {
-        match raw {
-            None => Ok(default),
-            Some(text) => Span::parse(text).map_err(|_| {
-                self.err(
-                    field,
-                    format!("{text:?}"),
-                    "not a duration like \"90s\", \"5m\", \"1h30m\", \"7d\" or \"2w\" (units s, m, h, d, w; not zero)",
-                )
-            }),
-        }
-    }
-}
-
 impl Policy {
     /// Reads and validates one policy file. Errors name `path` as given.
     pub fn load_file(path: &Path) -> Result<Policy, PolicyError> {
-        let text = fs::read_to_string(path).map_err(|source| PolicyError::Read {
-            file: path.to_owned(),
-            source,
-        })?;
+        let text = check::read(path, "policy")?;
         Policy::from_toml(path, &text)
     }
 
@@ -343,17 +255,11 @@ impl Policy {
     /// [`Policy::file`]. No I/O except resolving `user`/`group` names.
     /// Returns the first problem found.
     pub fn from_toml(file: &Path, text: &str) -> Result<Policy, PolicyError> {
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
-            let (line, column, message) = toml_position(text, &e);
-            PolicyError::Syntax {
-                file: file.to_owned(),
-                line,
-                column,
-                message,
-            }
-        })?;
-        let c = Checker { file };
+        let raw: RawPolicy = check::parse_toml(file, text)?;
+        Ok(Policy::check(&Checker::new(file), raw)?)
+    }
 
+    fn check(c: &Checker<'_>, raw: RawPolicy) -> Result<Policy, FieldError> {
         let name = match raw.name.as_deref() {
             None => {
                 return Err(c.err(
@@ -433,7 +339,7 @@ impl Policy {
 
         let schedule = match (raw.rotate, raw.rotate_every) {
             (Some(expr), None) => Schedule::Cron {
-                cron: parse_cron(&c, &expr, tz)?,
+                cron: parse_cron(c, &expr, tz)?,
                 expr,
                 tz,
             },
@@ -445,7 +351,7 @@ impl Policy {
                         "only applies to rotate; rotate_every counts from the current key's activation",
                     ));
                 }
-                Schedule::Every(c.span("rotate_every", Some(&every), DEFAULT_GRACE)?)
+                Schedule::Every(c.span("rotate_every", &every)?)
             }
             (Some(expr), Some(every)) => {
                 return Err(c.err(
@@ -463,23 +369,23 @@ impl Policy {
             }
         };
 
-        let publish_ahead = c.span(
+        let publish_ahead = c.span_or(
             "publish_ahead",
             raw.publish_ahead.as_deref(),
             DEFAULT_PUBLISH_AHEAD,
         )?;
-        let grace = c.span("grace", raw.grace.as_deref(), DEFAULT_GRACE)?;
-        let jwks_max_age = c.span(
+        let grace = c.span_or("grace", raw.grace.as_deref(), DEFAULT_GRACE)?;
+        let jwks_max_age = c.span_or(
             "jwks_max_age",
             raw.jwks_max_age.as_deref(),
             DEFAULT_JWKS_MAX_AGE,
         )?;
-        let assertion_lifetime = c.span(
+        let assertion_lifetime = c.span_or(
             "assertion_lifetime",
             raw.assertion_lifetime.as_deref(),
             DEFAULT_ASSERTION_LIFETIME,
         )?;
-        let clock_skew = c.span("clock_skew", raw.clock_skew.as_deref(), DEFAULT_CLOCK_SKEW)?;
+        let clock_skew = c.span_or("clock_skew", raw.clock_skew.as_deref(), DEFAULT_CLOCK_SKEW)?;
 
         if assertion_lifetime > MAX_ASSERTION_LIFETIME {
             return Err(c.err(
@@ -510,11 +416,11 @@ impl Policy {
             ));
         }
 
-        let clients = check_clients(&c, raw.clients)?;
-        let callers = check_callers(&c, raw.callers, &clients)?;
+        let clients = check_clients(c, raw.clients)?;
+        let callers = check_callers(c, raw.callers, &clients)?;
 
         Ok(Policy {
-            file: file.to_owned(),
+            file: c.file().to_owned(),
             name,
             algorithms,
             rsa_bits,
@@ -535,7 +441,7 @@ impl Policy {
     }
 }
 
-fn parse_cron(c: &Checker<'_>, expr: &str, tz: Tz) -> Result<Cron, PolicyError> {
+fn parse_cron(c: &Checker<'_>, expr: &str, tz: Tz) -> Result<Cron, FieldError> {
     let value = format!("{expr:?}");
     let fields = expr.split_whitespace().count();
     if fields != 5 && fields != 6 {
@@ -572,16 +478,14 @@ fn parse_cron(c: &Checker<'_>, expr: &str, tz: Tz) -> Result<Cron, PolicyError> 
     Ok(cron)
 }
 
-fn check_clients(c: &Checker<'_>, raw: Vec<RawClient>) -> Result<Vec<ClientPolicy>, PolicyError> {
+fn check_clients(c: &Checker<'_>, raw: Vec<RawClient>) -> Result<Vec<ClientPolicy>, FieldError> {
     let mut clients: Vec<ClientPolicy> = Vec::with_capacity(raw.len());
     for (i, rc) in raw.into_iter().enumerate() {
         let field = format!("clients[{i}].client_id");
         let Some(client_id) = rc.client_id else {
             return Err(c.err(field, "(unset)", "required"));
         };
-        if client_id.is_empty() {
-            return Err(c.err(field, "\"\"", "must not be empty"));
-        }
+        c.non_empty(&field, &client_id)?;
         if !client_id.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
             return Err(c.err(
                 field,
@@ -609,8 +513,7 @@ fn check_clients(c: &Checker<'_>, raw: Vec<RawClient>) -> Result<Vec<ClientPolic
             Some(a) => a,
         };
         for (k, aud) in audiences.iter().enumerate() {
-            parse_web_url(aud)
-                .map_err(|e| c.err(format!("{field}[{k}]"), format!("{aud:?}"), e.to_string()))?;
+            c.web_url(&format!("{field}[{k}]"), aud)?;
         }
         clients.push(ClientPolicy {
             client_id,
@@ -625,7 +528,7 @@ fn check_callers(
     c: &Checker<'_>,
     raw: Vec<RawCaller>,
     clients: &[ClientPolicy],
-) -> Result<Vec<CallerPolicy>, PolicyError> {
+) -> Result<Vec<CallerPolicy>, FieldError> {
     let mut callers = Vec::with_capacity(raw.len());
     for (i, rc) in raw.into_iter().enumerate() {
         let set: Vec<&str> = [
@@ -644,18 +547,9 @@ fn check_callers(
                 "must set exactly one of uid, gid, user, group",
             ));
         }
-        let id = |field: &str, v: i64| -> Result<u32, PolicyError> {
-            u32::try_from(v)
-                .ok()
-                .filter(|&id| id != u32::MAX)
-                .ok_or_else(|| {
-                    c.err(
-                        format!("callers[{i}].{field}"),
-                        v.to_string(),
-                        "must be between 0 and 4294967294",
-                    )
-                })
-        };
+        // u32::MAX is the "no id" value of chown and setuid, never a real one.
+        let id =
+            |field: &str, v: i64| c.within(&format!("callers[{i}].{field}"), v, 0..=u32::MAX - 1);
         let matcher = if let Some(uid) = rc.uid {
             CallerMatch::Uid(id("uid", uid)?)
         } else if let Some(gid) = rc.gid {
@@ -709,31 +603,11 @@ fn check_callers(
         }
         let max_concurrent = match rc.max_concurrent {
             None => DEFAULT_MAX_CONCURRENT,
-            Some(n) => u32::try_from(n)
-                .ok()
-                .filter(|n| (1..=10_000).contains(n))
-                .ok_or_else(|| {
-                    c.err(
-                        format!("callers[{i}].max_concurrent"),
-                        n.to_string(),
-                        "must be between 1 and 10000",
-                    )
-                })?,
+            Some(n) => c.within(&format!("callers[{i}].max_concurrent"), n, 1..=10_000)?,
         };
         let max_per_second = match rc.max_per_second {
             None => None,
-            Some(n) => Some(
-                u32::try_from(n)
-                    .ok()
-                    .filter(|n| (1..=1_000_000).contains(n))
-                    .ok_or_else(|| {
-                        c.err(
-                            format!("callers[{i}].max_per_second"),
-                            n.to_string(),
-                            "must be between 1 and 1000000",
-                        )
-                    })?,
-            ),
+            Some(n) => Some(c.within(&format!("callers[{i}].max_per_second"), n, 1..=1_000_000)?),
         };
         callers.push(CallerPolicy {
             matcher,
@@ -819,12 +693,28 @@ impl Policies {
 
     /// Adds a policy after the cross-file uniqueness checks.
     fn insert(&mut self, policy: Policy) -> Result<(), PolicyError> {
+        self.check_unique(&policy)?;
+        for client in &policy.clients {
+            self.clients
+                .insert(client.client_id.clone(), policy.name.clone());
+        }
+        self.sets.insert(policy.name.clone(), Arc::new(policy));
+        Ok(())
+    }
+
+    /// Set names and client_ids are unique across files; the file loaded
+    /// first keeps its own and the later one is refused, naming both.
+    fn check_unique(&self, policy: &Policy) -> Result<(), FieldError> {
+        let c = Checker::new(&policy.file);
         if let Some(other) = self.sets.get(&policy.name) {
-            return Err(PolicyError::DuplicateSetName {
-                file: policy.file.clone(),
-                other: other.file.clone(),
-                name: policy.name.to_string(),
-            });
+            return Err(c.err(
+                "name",
+                format!("{:?}", policy.name.as_str()),
+                format!(
+                    "already used by {}; set names are unique across policy files",
+                    other.file.display()
+                ),
+            ));
         }
         for (index, client) in policy.clients.iter().enumerate() {
             if let Some(other) = self
@@ -832,19 +722,16 @@ impl Policies {
                 .get(&client.client_id)
                 .and_then(|set| self.sets.get(set))
             {
-                return Err(PolicyError::DuplicateClientId {
-                    file: policy.file.clone(),
-                    other: other.file.clone(),
-                    index,
-                    client_id: client.client_id.clone(),
-                });
+                return Err(c.err(
+                    format!("clients[{index}].client_id"),
+                    format!("{:?}", client.client_id),
+                    format!(
+                        "already defined in {}; client_ids are unique across policy files",
+                        other.file.display()
+                    ),
+                ));
             }
         }
-        for client in &policy.clients {
-            self.clients
-                .insert(client.client_id.clone(), policy.name.clone());
-        }
-        self.sets.insert(policy.name.clone(), Arc::new(policy));
         Ok(())
     }
 
