@@ -344,13 +344,12 @@ impl Config {
                 })?,
         };
         let store = parse_store(c, raw.store.url.as_deref().unwrap_or(DEFAULT_STORE_URL))?;
-        let audit_retention =
-            match raw.store.audit_retention.as_deref() {
-                None => None,
-                Some(text) => Some(crate::types::Span::parse(text).map_err(|e| {
-                    c.err("store.audit_retention", format!("{text:?}"), e.to_string())
-                })?),
-            };
+        let audit_retention = raw
+            .store
+            .audit_retention
+            .as_deref()
+            .map(|text| c.span("store.audit_retention", text))
+            .transpose()?;
         let audit_spool = match raw.store.audit_spool.as_deref() {
             Some(p) => c.path("store.audit_spool", p)?,
             // Next to the SQLite file; for PostgreSQL in the state directory.
@@ -544,6 +543,16 @@ mod tests {
             let m = message(with(&format!("header_timeout = {bad}"), ""));
             assert!(m.contains("server.header_timeout"), "{m}");
         }
+    }
+
+    #[test]
+    fn audit_retention_is_a_duration_named_once_in_its_message() {
+        let c = with("", "[store]\naudit_retention = \"90d\"").unwrap();
+        assert_eq!(c.audit_retention.map(|s| s.as_secs()), Some(90 * 86_400));
+        assert_eq!(
+            message(with("", "[store]\naudit_retention = \"7 days\"")),
+            "etc/jwksd.toml: store.audit_retention = \"7 days\": not a duration like \"90s\", \"5m\", \"1h30m\", \"7d\" or \"2w\" (units s, m, h, d, w; not zero)"
+        );
     }
 
     #[test]
