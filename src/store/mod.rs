@@ -248,6 +248,46 @@ where
     insert
 }
 
+/// Why a key change transaction stopped early; both stores map it the same
+/// way: a conflict is [`Applied::Stale`] with nothing committed.
+pub(crate) enum TxError {
+    /// A unique index refused a write (on any statement of the change), or
+    /// a state update did not move the row it was written for: another
+    /// writer got there first.
+    Conflict(String),
+    Store(StoreError),
+}
+
+impl From<sqlx::Error> for TxError {
+    fn from(e: sqlx::Error) -> Self {
+        match e.as_database_error() {
+            Some(d) if d.is_unique_violation() => TxError::Conflict(format!(
+                "another writer got there first ({})",
+                d.constraint().unwrap_or("unique constraint")
+            )),
+            _ => TxError::Store(StoreError::Backend(e.to_string())),
+        }
+    }
+}
+
+impl From<StoreError> for TxError {
+    fn from(e: StoreError) -> Self {
+        TxError::Store(e)
+    }
+}
+
+/// The key read a moment ago (under the store's lock) is still in
+/// `state`; if the update moved no row, a writer that skipped the lock (or
+/// a trigger) moved it, and the transaction must not report a transition
+/// it did not make.
+pub(crate) fn moved_one(rows: u64, kid: &Kid, state: &str) -> Result<(), TxError> {
+    if rows == 1 {
+        Ok(())
+    } else {
+        Err(TxError::Conflict(format!("{kid} is no longer {state}")))
+    }
+}
+
 /// How the audit anchor (seq, hash) is kept in `meta`: `"<seq>:<hash>"`.
 pub(crate) fn format_anchor(seq: i64, hash: &str) -> String {
     format!("{seq}:{hash}")

@@ -32,7 +32,9 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{Postgres, Row, SqlSafeStr, Transaction};
 use tokio::sync::Notify;
 
-use super::{AUDIT_COLUMNS, LIFECYCLE_LEASE, Store, StoreError, append_audit_in};
+use super::{
+    AUDIT_COLUMNS, LIFECYCLE_LEASE, Store, StoreError, TxError, append_audit_in, moved_one,
+};
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::lifecycle::model::{Applied, Change, StoredKey};
 use crate::types::{Alg, KeyState, Kid, SetName};
@@ -206,31 +208,6 @@ fn backend(e: sqlx::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-/// Why a key change transaction stopped early.
-enum TxError {
-    /// A unique index refused the write: another writer got there first.
-    Conflict(String),
-    Store(StoreError),
-}
-
-impl From<sqlx::Error> for TxError {
-    fn from(e: sqlx::Error) -> Self {
-        match e.as_database_error() {
-            Some(d) if d.is_unique_violation() => TxError::Conflict(format!(
-                "another writer got there first ({})",
-                d.constraint().unwrap_or("unique constraint")
-            )),
-            _ => TxError::Store(backend(e)),
-        }
-    }
-}
-
-impl From<StoreError> for TxError {
-    fn from(e: StoreError) -> Self {
-        TxError::Store(e)
-    }
-}
-
 fn ts(t: DateTime<Utc>) -> i64 {
     t.timestamp()
 }
@@ -361,17 +338,6 @@ async fn activate(
     .execute(&mut **tx)
     .await?;
     moved_one(res.rows_affected(), kid, "pending")
-}
-
-/// Under the (set, alg) lock the key read a moment ago is still in `state`;
-/// if not, a writer that skipped the lock moved it, and this transaction
-/// must not report a transition it did not make.
-fn moved_one(rows: u64, kid: &Kid, state: &str) -> Result<(), TxError> {
-    if rows == 1 {
-        Ok(())
-    } else {
-        Err(TxError::Conflict(format!("{kid} is no longer {state}")))
-    }
 }
 
 fn done(activated: Option<Kid>, deactivated: Option<Kid>) -> Applied {

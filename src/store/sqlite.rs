@@ -26,7 +26,8 @@ use sqlx::{Row, SqlSafeStr, Sqlite, Transaction};
 use tokio::sync::Notify;
 
 use super::{
-    AUDIT_COLUMNS, LIFECYCLE_LEASE, Store, StoreError, append_audit_in, sqlite_audit::AuditAppender,
+    AUDIT_COLUMNS, LIFECYCLE_LEASE, Store, StoreError, TxError, append_audit_in, moved_one,
+    sqlite_audit::AuditAppender,
 };
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::lifecycle::model::{Applied, Change, StoredKey};
@@ -204,11 +205,6 @@ fn backend(e: sqlx::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(|d| d.is_unique_violation())
-}
-
 fn ts(t: DateTime<Utc>) -> i64 {
     t.timestamp()
 }
@@ -251,14 +247,13 @@ fn key_from_row(row: &SqliteRow) -> Result<StoredKey, StoreError> {
 async fn key_by_kid(
     tx: &mut Transaction<'static, Sqlite>,
     kid: &str,
-) -> Result<Option<StoredKey>, StoreError> {
+) -> Result<Option<StoredKey>, TxError> {
     let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE kid = ?");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(kid)
         .fetch_optional(&mut **tx)
-        .await
-        .map_err(backend)?;
-    row.as_ref().map(key_from_row).transpose()
+        .await?;
+    Ok(row.as_ref().map(key_from_row).transpose()?)
 }
 
 async fn key_in_state(
@@ -266,7 +261,7 @@ async fn key_in_state(
     set: &SetName,
     alg: Alg,
     state: KeyState,
-) -> Result<Option<StoredKey>, StoreError> {
+) -> Result<Option<StoredKey>, TxError> {
     let sql =
         format!("SELECT {KEY_COLUMNS} FROM keys WHERE set_name = ? AND alg = ? AND state = ?");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -274,16 +269,14 @@ async fn key_in_state(
         .bind(alg.as_str())
         .bind(state.as_str())
         .fetch_optional(&mut **tx)
-        .await
-        .map_err(backend)?;
-    row.as_ref().map(key_from_row).transpose()
+        .await?;
+    Ok(row.as_ref().map(key_from_row).transpose()?)
 }
 
-async fn bump_revision(tx: &mut Transaction<'static, Sqlite>) -> Result<(), StoreError> {
+async fn bump_revision(tx: &mut Transaction<'static, Sqlite>) -> Result<(), TxError> {
     sqlx::query("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name = 'revision'")
         .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
+        .await?;
     Ok(())
 }
 
@@ -293,8 +286,8 @@ async fn deactivate(
     kid: &Kid,
     at: DateTime<Utc>,
     retire_at: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    sqlx::query(
+) -> Result<(), TxError> {
+    let res = sqlx::query(
         "UPDATE keys SET state = 'retiring', sealed_private = NULL, deactivate_at = ?, retire_at = ? \
          WHERE kid = ? AND state = 'active'",
     )
@@ -302,9 +295,8 @@ async fn deactivate(
     .bind(ts(retire_at))
     .bind(kid.as_str())
     .execute(&mut **tx)
-    .await
-    .map_err(backend)?;
-    Ok(())
+    .await?;
+    moved_one(res.rows_affected(), kid, "active")
 }
 
 /// Pending -> active.
@@ -313,8 +305,8 @@ async fn activate(
     kid: &Kid,
     at: DateTime<Utc>,
     emergency: bool,
-) -> Result<(), StoreError> {
-    sqlx::query(
+) -> Result<(), TxError> {
+    let res = sqlx::query(
         "UPDATE keys SET state = 'active', activate_at = ?, emergency = ? \
          WHERE kid = ? AND state = 'pending'",
     )
@@ -322,9 +314,8 @@ async fn activate(
     .bind(emergency as i64)
     .bind(kid.as_str())
     .execute(&mut **tx)
-    .await
-    .map_err(backend)?;
-    Ok(())
+    .await?;
+    moved_one(res.rows_affected(), kid, "pending")
 }
 
 fn erases_private_half(change: &Change) -> bool {
@@ -343,7 +334,7 @@ impl SqliteStore {
         &self,
         tx: &mut Transaction<'static, Sqlite>,
         change: &Change,
-    ) -> Result<Applied, StoreError> {
+    ) -> Result<Applied, TxError> {
         match change {
             Change::Insert(key) => {
                 let max: Option<i64> = sqlx::query_scalar(
@@ -352,8 +343,7 @@ impl SqliteStore {
                 .bind(key.set.as_str())
                 .bind(key.alg.as_str())
                 .fetch_one(&mut **tx)
-                .await
-                .map_err(backend)?;
+                .await?;
                 let expected = max.unwrap_or(0) + 1;
                 if i64::from(key.version) != expected {
                     return Ok(Applied::Stale(format!(
@@ -395,15 +385,15 @@ impl SqliteStore {
                 // A kid that already exists (kids are never reused, rule 5)
                 // is a lost race, not a database failure: same answer as on
                 // PostgreSQL.
-                match inserted {
-                    Err(e) if is_unique_violation(&e) => {
-                        return Ok(Applied::Stale(format!(
+                if let Err(e) = inserted {
+                    return match TxError::from(e) {
+                        TxError::Conflict(_) => Ok(Applied::Stale(format!(
                             "{} conflicts with an existing key",
                             key.kid
-                        )));
-                    }
-                    other => other.map_err(backend)?,
-                };
+                        ))),
+                        other => Err(other),
+                    };
+                }
                 let activated = (key.state == KeyState::Active).then(|| key.kid.clone());
                 Ok(done(activated, None))
             }
@@ -416,7 +406,7 @@ impl SqliteStore {
                 emergency,
             } => {
                 let Some(pending) = key_by_kid(tx, kid.as_str()).await? else {
-                    return Err(StoreError::UnknownKid(kid.to_string()));
+                    return Err(StoreError::UnknownKid(kid.to_string()).into());
                 };
                 if pending.set != *set || pending.alg != *alg {
                     return Ok(Applied::Stale(format!(
@@ -447,8 +437,7 @@ impl SqliteStore {
                 .bind(kid.as_str())
                 .bind(ts(*at))
                 .execute(&mut **tx)
-                .await
-                .map_err(backend)?;
+                .await?;
                 if res.rows_affected() == 0 {
                     return Ok(Applied::Stale(format!("{kid} is not retiring or not due")));
                 }
@@ -456,7 +445,7 @@ impl SqliteStore {
             }
             Change::Revoke { kid, at } => {
                 let Some(key) = key_by_kid(tx, kid.as_str()).await? else {
-                    return Err(StoreError::UnknownKid(kid.to_string()));
+                    return Err(StoreError::UnknownKid(kid.to_string()).into());
                 };
                 if !key.state.is_published() {
                     return Ok(Applied::Stale(format!("{kid} is already {}", key.state)));
@@ -471,8 +460,7 @@ impl SqliteStore {
                 .bind(ts(*at))
                 .bind(kid.as_str())
                 .execute(&mut **tx)
-                .await
-                .map_err(backend)?;
+                .await?;
                 let mut activated = None;
                 if was_active
                     && let Some(next) =
@@ -491,8 +479,7 @@ impl SqliteStore {
                 .bind(ts(*activate_at))
                 .bind(kid.as_str())
                 .execute(&mut **tx)
-                .await
-                .map_err(backend)?;
+                .await?;
                 if res.rows_affected() == 0 {
                     return Ok(Applied::Stale(format!("{kid} is not pending")));
                 }
@@ -563,20 +550,29 @@ impl Store for SqliteStore {
 
     async fn apply(&self, change: &Change) -> Result<Applied, StoreError> {
         let mut tx = self.write_tx().await?;
-        let applied = self.apply_in(&mut tx, change).await?;
-        if matches!(applied, Applied::Done { .. }) {
-            bump_revision(&mut tx).await?;
-            tx.commit().await.map_err(backend)?;
-            self.changes.notify_one();
-            if erases_private_half(change) {
-                // secure_delete clears the main file's pages; the old page
-                // images in the WAL go when it is checkpointed and truncated.
-                self.truncate_wal().await;
+        let outcome = match self.apply_in(&mut tx, change).await {
+            Ok(applied @ Applied::Done { .. }) => bump_revision(&mut tx).await.map(|()| applied),
+            other => other,
+        };
+        let outcome = match outcome {
+            Ok(applied @ Applied::Done { .. }) => {
+                tx.commit().await.map_err(backend)?;
+                self.changes.notify_one();
+                if erases_private_half(change) {
+                    // secure_delete clears the main file's pages; the old page
+                    // images in the WAL go when it is checkpointed and truncated.
+                    self.truncate_wal().await;
+                }
+                return Ok(applied);
             }
-        } else {
-            tx.rollback().await.map_err(backend)?;
-        }
-        Ok(applied)
+            // As on PostgreSQL: a conflict on any statement of the change
+            // is a lost race, and nothing of it is kept.
+            Ok(stale) => Ok(stale),
+            Err(TxError::Conflict(reason)) => Ok(Applied::Stale(reason)),
+            Err(TxError::Store(e)) => Err(e),
+        };
+        tx.rollback().await.map_err(backend)?;
+        outcome
     }
 
     async fn bind_master_key(&self, fingerprint: &str) -> Result<(), StoreError> {
