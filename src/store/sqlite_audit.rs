@@ -30,7 +30,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::{AUDIT_COLUMNS, AUDIT_TAIL, StoreError};
+use super::StoreError;
+use super::rows::{AUDIT_COLUMNS, AUDIT_TAIL};
 use crate::audit::{self, AuditEntry, AuditRecord};
 
 type Job = (
@@ -41,7 +42,7 @@ type Job = (
 /// A handle to the appender thread. It ends, and closes its connection,
 /// when the handle is dropped.
 #[derive(Debug)]
-pub(super) struct AuditAppender {
+pub struct AuditAppender {
     jobs: mpsc::Sender<Job>,
 }
 
