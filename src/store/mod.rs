@@ -2,8 +2,8 @@
 //! written once over sqlx for both databases, chosen once from
 //! `store.url`. Row types stay in the store; callers see domain types only.
 //!
-//! - `sql.rs`: the [`Store`] over any [`Dialect`](dialect::Dialect): reads,
-//!   the audit chain, re-seal, pruning, the lease;
+//! - `sql.rs`: the [`Store`] over any dialect: reads, the audit chain,
+//!   re-seal, pruning, the lease;
 //! - `transitions.rs`: the key changes' rules;
 //! - `rows.rs`: how keys and audit records map to rows;
 //! - `dialect.rs`: the few statements the databases spell differently;

@@ -17,7 +17,7 @@
 //!   first, not that the database failed.
 //!
 //! A committed change bumps `meta.revision` and is announced as the dialect
-//! says ([`Publish`](super::dialect::Publish)). Lock order: at most one
+//! says ([`Publish`]). Lock order: at most one
 //! (set, alg) lock, then the revision row, so changes cannot deadlock.
 
 use chrono::{DateTime, Utc};
