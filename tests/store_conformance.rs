@@ -50,6 +50,29 @@ impl Db {
             .map(Db::Postgres)
     }
 
+    /// Runs setup SQL on a connection of its own, outside the store, as
+    /// another program sharing the database would: `sqlite` or `postgres`
+    /// by database (several statements allowed).
+    async fn run_sql(&self, sqlite: &str, postgres: &str) {
+        match self {
+            Db::Sqlite { path, .. } => {
+                let url = format!("sqlite://{}", path.display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sqlite))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            Db::Postgres(pg) => {
+                let mut conn = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(postgres))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
     async fn open(&self) -> Arc<dyn Store> {
         match self {
             Db::Sqlite { path, .. } => {
@@ -232,6 +255,8 @@ conformance!(
     reseal_changes_nothing_when_the_store_moved,
     pruning_keeps_the_newest_record_and_an_anchor_the_chain_verifies_from,
     live_keys_are_the_keys_that_can_change_plus_the_newest_per_alg,
+    a_state_update_that_moves_no_row_is_stale_and_commits_nothing,
+    a_unique_violation_on_an_update_is_stale_and_commits_nothing,
 );
 
 async fn reseal_replaces_every_private_half_and_the_fingerprint_at_once(db: &Db) {
@@ -890,6 +915,63 @@ async fn a_unique_violation_is_stale_not_an_error(db: &Db) {
     sqlx::query("COMMIT").execute(&mut rogue).await.unwrap();
     let applied = racing.await.unwrap().expect("a lost race is not an error");
     assert!(matches!(applied, Applied::Stale(_)), "{applied:?}");
+}
+
+/// A transition whose UPDATE moves no row did not happen: the change is
+/// Stale and none of its other writes (the old key's deactivation, the
+/// revoked key) are committed. A trigger that skips every activation stands
+/// in for a writer that moved the row between the check and the write.
+async fn a_state_update_that_moves_no_row_is_stale_and_commits_nothing(db: &Db) {
+    let s = db.open().await;
+    active_and_pending(&s, 100).await;
+    db.run_sql(
+        "CREATE TRIGGER skip_activation BEFORE UPDATE OF state ON keys \
+         WHEN NEW.state = 'active' BEGIN SELECT RAISE(IGNORE); END;",
+        "CREATE FUNCTION skip_activation() RETURNS trigger LANGUAGE plpgsql \
+           AS $$ BEGIN RETURN NULL; END $$; \
+         CREATE TRIGGER skip_activation BEFORE UPDATE OF state ON keys FOR EACH ROW \
+           WHEN (NEW.state = 'active') EXECUTE FUNCTION skip_activation();",
+    )
+    .await;
+    let keys = s.keys().await.unwrap();
+    let revision = s.revision().await.unwrap();
+    let revoke = Change::Revoke {
+        kid: kid(RS, 1),
+        at: t(50),
+    };
+    for change in [activate(2, 100, false), revoke] {
+        let applied = apply(&s, change.clone()).await;
+        assert!(
+            matches!(applied, Applied::Stale(_)),
+            "{change:?}: {applied:?}"
+        );
+        assert_eq!(s.keys().await.unwrap(), keys, "{change:?} left a write");
+        assert_eq!(s.revision().await.unwrap(), revision, "{change:?}");
+    }
+}
+
+/// A unique index refusing any statement of a change, not only the INSERT,
+/// is a lost race: Stale, never an error, and nothing committed. An extra
+/// unique index on `activate_at` makes a reschedule onto another key's
+/// activation time collide.
+async fn a_unique_violation_on_an_update_is_stale_and_commits_nothing(db: &Db) {
+    let s = db.open().await;
+    active_and_pending(&s, 100).await;
+    let unique = "CREATE UNIQUE INDEX keys_one_activate_at ON keys (activate_at)";
+    db.run_sql(unique, unique).await;
+    let keys = s.keys().await.unwrap();
+    let revision = s.revision().await.unwrap();
+    let onto_v1 = Change::Reschedule {
+        kid: kid(RS, 2),
+        activate_at: t(0),
+    };
+    let applied = s
+        .apply(&onto_v1)
+        .await
+        .expect("a unique violation is not an error");
+    assert!(matches!(applied, Applied::Stale(_)), "{applied:?}");
+    assert_eq!(s.keys().await.unwrap(), keys);
+    assert_eq!(s.revision().await.unwrap(), revision);
 }
 
 async fn racing_activations_have_exactly_one_winner(db: &Db) {

@@ -1,5 +1,16 @@
-//! The key store: one trait, one implementation per database, chosen once
-//! from `store.url`. Row types stay here; callers see domain types only.
+//! The key store: one trait, [`Store`], and one implementation of it
+//! written once over sqlx for both databases, chosen once from
+//! `store.url`. Row types stay in the store; callers see domain types only.
+//!
+//! - `sql.rs`: the [`Store`] over any dialect: reads, the audit chain,
+//!   re-seal, pruning, the lease;
+//! - `transitions.rs`: the key changes' rules;
+//! - `rows.rs`: how keys and audit records map to rows;
+//! - `dialect.rs`: the few statements the databases spell differently;
+//! - `sqlite.rs`, `postgres.rs`: each database's dialect, how it is opened
+//!   and what it needs around the shared rules (SQLite's WAL truncation,
+//!   PostgreSQL's listener);
+//! - `sqlite_audit.rs`: SQLite's audit appender thread.
 //!
 //! Every change is one [`Change`] applied in one transaction that re-checks
 //! its preconditions, so several replicas (or a stale plan) can race safely:
@@ -31,13 +42,20 @@
 //! safety net: every [`Change`] still re-checks its precondition inside its
 //! transaction, so a replica that lost the lease mid-tick gets `Stale`.
 
+mod dialect;
 mod postgres;
+mod rows;
+mod sql;
 mod sqlite;
 mod sqlite_audit;
+mod transitions;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::config::StoreUrl;
@@ -147,105 +165,26 @@ pub trait Store: Send + Sync + 'static {
     fn changes(&self) -> Arc<tokio::sync::Notify>;
 }
 
-/// The query behind [`Store::live_keys`], the same on both backends:
-/// `columns` is the backend's key column list.
-fn live_keys_sql(columns: &str) -> String {
-    format!(
-        "SELECT {columns} FROM keys WHERE state IN ('pending', 'active', 'retiring') \
-         UNION ALL \
-         SELECT {columns} FROM keys \
-         JOIN (SELECT set_name AS top_set, alg AS top_alg, MAX(version) AS top_version \
-               FROM keys GROUP BY set_name, alg) top \
-           ON set_name = top_set AND alg = top_alg AND version = top_version \
-         WHERE state NOT IN ('pending', 'active', 'retiring') \
-         ORDER BY set_name, alg, version"
+/// The migrations of one database, in order (`sqlite.rs` and
+/// `postgres.rs` each ship theirs, compiled into the binary: a deployed
+/// daemon never looks for SQL files on disk). Both schemas move in step,
+/// so the versions and descriptions are named once.
+fn migrator(sql: [&'static str; 3]) -> Migrator {
+    const DESCRIPTIONS: [&str; 3] = ["keys and audit", "lease", "live keys index"];
+    Migrator::with_migrations(
+        (1..)
+            .zip(DESCRIPTIONS.into_iter().zip(sql))
+            .map(|(version, (description, sql))| {
+                Migration::new(
+                    version,
+                    Cow::Borrowed(description),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
     )
-}
-
-/// The audit table's columns, in the order [`audit_insert`] binds them.
-/// The chain's newest record (seq, hash), read under the write lock
-/// before a batch is appended; the same text for every store.
-pub(crate) const AUDIT_TAIL: &str = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1";
-
-pub(crate) const AUDIT_COLUMNS: &str = "seq, at, action, outcome, uid, gid, pid, exe, client_id, audience, kid, jti, detail, prev_hash, hash";
-
-/// Rows per audit INSERT: 15 binds a row keeps a statement under SQLite's
-/// 32,766 and PostgreSQL's 65,535 bind parameters.
-pub(crate) const AUDIT_ROWS_PER_INSERT: usize = 1000;
-
-/// Appends `entries` to the chain inside the caller's write transaction
-/// (which already holds the store's append lock: `BEGIN IMMEDIATE` on
-/// SQLite, `LOCK TABLE audit` on PostgreSQL), so the tail it reads is the
-/// true one and the chain never forks. Both stores' pool paths share it;
-/// only the lock differs between the dialects.
-pub(crate) async fn append_audit_in<DB>(
-    conn: &mut DB::Connection,
-    entries: &[AuditEntry],
-) -> Result<Vec<AuditRecord>, StoreError>
-where
-    DB: sqlx::Database,
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-    (i64, String): for<'r> sqlx::FromRow<'r, DB::Row>,
-    <DB as sqlx::Database>::Arguments: Default + sqlx::IntoArguments<DB>,
-    i64: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
-    Option<i64>: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
-    String: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
-    Option<String>: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
-{
-    let backend = |e: sqlx::Error| StoreError::Backend(e.to_string());
-    let last: Option<(i64, String)> = sqlx::query_as(AUDIT_TAIL)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(backend)?;
-    let records = crate::audit::chain_after(last, entries);
-    for chunk in records.chunks(AUDIT_ROWS_PER_INSERT) {
-        // One statement text per batch size: under steady load the sizes
-        // repeat, and sqlx's per-connection statement cache keeps them
-        // prepared.
-        audit_insert(chunk)
-            .build()
-            .execute(&mut *conn)
-            .await
-            .map_err(backend)?;
-    }
-    Ok(records)
-}
-
-/// One multi-row `INSERT` of `records` (at most [`AUDIT_ROWS_PER_INSERT`]).
-/// A group commit carries up to hundreds of signatures' records; one
-/// statement per record cost one round trip each (to sqlx's SQLite worker
-/// thread, or over the PostgreSQL socket), which made the batch, and so
-/// every waiting signature, slower than its fsync.
-fn audit_insert<DB>(records: &[AuditRecord]) -> sqlx::QueryBuilder<DB>
-where
-    DB: sqlx::Database,
-    <DB as sqlx::Database>::Arguments: Default,
-    i64: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
-    Option<i64>: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
-    String: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
-    Option<String>: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
-{
-    debug_assert!(records.len() <= AUDIT_ROWS_PER_INSERT);
-    let mut insert = sqlx::QueryBuilder::new(format!("INSERT INTO audit ({AUDIT_COLUMNS}) "));
-    insert.push_values(records, |mut row, r| {
-        let e = &r.entry;
-        row.push_bind(r.seq)
-            .push_bind(e.at)
-            .push_bind(e.action.clone())
-            .push_bind(e.outcome.clone())
-            .push_bind(e.uid.map(i64::from))
-            .push_bind(e.gid.map(i64::from))
-            .push_bind(e.pid.map(i64::from))
-            .push_bind(e.exe.clone())
-            .push_bind(e.client_id.clone())
-            .push_bind(e.audience.clone())
-            .push_bind(e.kid.clone())
-            .push_bind(e.jti.clone())
-            .push_bind(e.detail.clone())
-            .push_bind(r.prev_hash.clone())
-            .push_bind(r.hash.clone());
-    });
-    insert
 }
 
 /// How the audit anchor (seq, hash) is kept in `meta`: `"<seq>:<hash>"`.

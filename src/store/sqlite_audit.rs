@@ -27,10 +27,11 @@ use std::sync::LazyLock;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use super::{AUDIT_COLUMNS, AUDIT_TAIL, StoreError};
+use super::StoreError;
+use super::rows::{AUDIT_COLUMNS, AUDIT_TAIL, audit_values, insert_sql};
 use crate::audit::{self, AuditEntry, AuditRecord};
 
 type Job = (
@@ -41,7 +42,7 @@ type Job = (
 /// A handle to the appender thread. It ends, and closes its connection,
 /// when the handle is dropped.
 #[derive(Debug)]
-pub(super) struct AuditAppender {
+pub struct AuditAppender {
     jobs: mpsc::Sender<Job>,
 }
 
@@ -160,12 +161,9 @@ fn append_loop(path: &Path, jobs: &mpsc::Receiver<Job>) {
     }
 }
 
-static INSERT_ONE: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "INSERT INTO audit ({AUDIT_COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
-    )
-});
+/// The pool path's statement text for one row: the same columns, values
+/// and numbered parameters (rusqlite binds a tuple by position).
+static INSERT_ONE: LazyLock<String> = LazyLock::new(|| insert_sql("audit", AUDIT_COLUMNS, 1));
 
 /// One batch: the chain's tail is read inside the write transaction
 /// (`BEGIN IMMEDIATE`), so no other writer can append between the read and
@@ -182,24 +180,7 @@ fn append(conn: &mut Connection, entries: &[AuditEntry]) -> rusqlite::Result<Vec
         // size.
         let mut insert = tx.prepare_cached(&INSERT_ONE)?;
         for r in &records {
-            let e = &r.entry;
-            insert.execute(params![
-                r.seq,
-                e.at,
-                e.action,
-                e.outcome,
-                e.uid,
-                e.gid,
-                e.pid,
-                e.exe,
-                e.client_id,
-                e.audience,
-                e.kid,
-                e.jti,
-                e.detail,
-                r.prev_hash,
-                r.hash,
-            ])?;
+            insert.execute(audit_values(r))?;
         }
     }
     tx.commit()?;
