@@ -31,7 +31,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::audit::chain::AuditEntry;
-use crate::store::Store;
+use crate::store::api::Store;
 
 /// Upper bound of entries per transaction.
 const MAX_BATCH: usize = 512;

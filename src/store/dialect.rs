@@ -43,7 +43,7 @@ pub trait Dialect: Clone + Debug + Send + Sync + 'static {
     const LOCK_KEYS: &'static [&'static str];
 
     /// How a committed key change reaches the store's
-    /// [`changes`](super::Store::changes) handles.
+    /// [`changes`](super::api::Store::changes) handles.
     const PUBLISH: Publish;
 
     /// The dialect's own audit append path, if it has one; otherwise the

@@ -17,7 +17,7 @@
 //!   fingerprint's row, so no key change or other re-seal runs meanwhile.
 //! - Each committed key change runs `pg_notify('jwksd_keys', <revision>)`
 //!   inside its transaction; a background task `LISTEN`s on a dedicated
-//!   connection and signals [`Store::changes`](super::Store::changes).
+//!   connection and signals [`Store::changes`](super::api::Store::changes).
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -27,11 +27,11 @@ use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::Notify;
 
-use super::StoreError;
+use super::api::StoreError;
 use super::dialect::{Dialect, Publish};
 use super::sql::{SqlStore, backend};
 
-/// A PostgreSQL-backed [`Store`](super::Store). Dropping the last clone
+/// A PostgreSQL-backed [`Store`](super::api::Store). Dropping the last clone
 /// stops its listener task.
 pub type PostgresStore = SqlStore<PostgresDialect>;
 
@@ -110,7 +110,7 @@ impl PostgresStore {
             .connect_with(options.clone())
             .await
             .map_err(backend)?;
-        super::migrator(MIGRATIONS)
+        super::migrations::migrator(MIGRATIONS)
             .run(&pool)
             .await
             .map_err(|e| StoreError::Migrate(e.to_string()))?;

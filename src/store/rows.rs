@@ -14,8 +14,8 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 
-use super::StoreError;
-use crate::audit::{AuditEntry, AuditRecord};
+use super::api::StoreError;
+use crate::audit::chain::{AuditEntry, AuditRecord};
 use crate::lifecycle::model::StoredKey;
 use crate::types::{Alg, KeyState, Kid, SetName};
 

@@ -13,13 +13,13 @@ use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, Database, Encode, FromRow, Type};
 use tokio::sync::Notify;
 
+use super::api::{LIFECYCLE_LEASE, Store, StoreError};
 use super::dialect::{Dialect, Publish, RowsAffected as _};
 use super::rows::{
     AUDIT_COLUMNS, AUDIT_TAIL, AuditRow, KEY_COLUMNS, KeyRow, audit_from_row, audit_values,
     insert_sql, key_from_row,
 };
-use super::{LIFECYCLE_LEASE, Store, StoreError};
-use crate::audit::{AuditEntry, AuditRecord};
+use crate::audit::chain::{AuditEntry, AuditRecord, chain_after};
 use crate::lifecycle::model::{Applied, Change, StoredKey};
 use crate::types::Kid;
 
@@ -186,7 +186,7 @@ where
             .fetch_optional(&mut *tx)
             .await
             .map_err(backend)?;
-        let records = crate::audit::chain_after(last, entries);
+        let records = chain_after(last, entries);
         for chunk in records.chunks(AUDIT_ROWS_PER_INSERT) {
             // One multi-row statement per chunk: one statement per record
             // cost a round trip each (to sqlx's SQLite worker thread, or
@@ -269,7 +269,7 @@ where
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(backend)?;
-        super::check_reseal(stored.as_deref(), old_fp, held, blobs.len())?;
+        check_reseal(stored.as_deref(), old_fp, held, blobs.len())?;
         for (kid, old, new) in blobs {
             let res = sqlx::query(
                 "UPDATE keys SET sealed_private = $1 WHERE kid = $2 AND sealed_private = $3",
@@ -322,7 +322,7 @@ where
             "INSERT INTO meta (name, value) VALUES ('audit_anchor', $1) \
              ON CONFLICT (name) DO UPDATE SET value = excluded.value",
         )
-        .bind(super::format_anchor(seq, &hash))
+        .bind(format_anchor(seq, &hash))
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
@@ -336,7 +336,7 @@ where
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(backend)?;
-        v.as_deref().map(super::parse_anchor).transpose()
+        v.as_deref().map(parse_anchor).transpose()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -380,4 +380,38 @@ where
     fn changes(&self) -> Arc<Notify> {
         self.changes.clone()
     }
+}
+
+/// How the audit anchor (seq, hash) is kept in `meta`: `"<seq>:<hash>"`.
+fn format_anchor(seq: i64, hash: &str) -> String {
+    format!("{seq}:{hash}")
+}
+
+/// Reads an anchor written by [`format_anchor`].
+fn parse_anchor(v: &str) -> Result<(i64, String), StoreError> {
+    v.split_once(':')
+        .and_then(|(seq, hash)| Some((seq.parse().ok()?, hash.to_owned())))
+        .ok_or_else(|| StoreError::Corrupt(format!("audit anchor {v:?}")))
+}
+
+/// The preconditions of [`Store::reseal`], checked inside its transaction:
+/// the store is bound to `old_fp`, and `blobs` covers every private half
+/// the store holds (`held`), so no key is left sealed under the old key.
+fn check_reseal(
+    stored_fp: Option<&str>,
+    old_fp: &str,
+    held: i64,
+    blobs: usize,
+) -> Result<(), StoreError> {
+    if stored_fp != Some(old_fp) {
+        return Err(StoreError::ResealConflict(format!(
+            "the store is bound to master key {stored_fp:?}, not {old_fp}"
+        )));
+    }
+    if held != blobs as i64 {
+        return Err(StoreError::ResealConflict(format!(
+            "{held} private halves in the store, {blobs} re-sealed"
+        )));
+    }
+    Ok(())
 }

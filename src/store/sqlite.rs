@@ -8,7 +8,7 @@
 //! and re-seals, so SQLite needs no other lock statement.
 //!
 //! SQLite serves one process (several processes on one file are not a
-//! supported replica set), so [`Store::changes`](super::Store::changes) is
+//! supported replica set), so [`Store::changes`](super::api::Store::changes) is
 //! signalled after this process's own commits only, and the lease, while
 //! implemented with the same semantics as on PostgreSQL, normally has a
 //! single contender.
@@ -28,12 +28,12 @@ use sqlx::sqlite::{
 };
 use tokio::sync::Notify;
 
-use super::StoreError;
+use super::api::StoreError;
 use super::dialect::{Dialect, Publish};
 use super::sql::{SqlStore, backend};
 use super::sqlite_audit::AuditAppender;
 
-/// A SQLite-backed [`Store`](super::Store).
+/// A SQLite-backed [`Store`](super::api::Store).
 pub type SqliteStore = SqlStore<SqliteDialect>;
 
 /// SQLite's spelling of what differs, and its audit appender.
@@ -111,7 +111,7 @@ impl SqliteStore {
 
     /// Applies pending migrations to `pool` and wraps it.
     async fn migrated(pool: SqlitePool) -> Result<Self, StoreError> {
-        super::migrator(MIGRATIONS)
+        super::migrations::migrator(MIGRATIONS)
             .run(&pool)
             .await
             .map_err(|e| StoreError::Migrate(e.to_string()))?;
@@ -175,9 +175,8 @@ async fn truncate_wal(pool: &SqlitePool) {
     // `TRUNCATE` holds every writer off while it copies, and the audit
     // appender writes all the time under load: a `PASSIVE` pass first
     // copies the bulk without blocking anyone, so the blocking pass only
-    // has the last few frames to copy. (Measured together with the
-    // audit appender: ES384 p99 at 5,500/s during a rotation that erased
-    // an RSA key went from 18-46 ms to 5-14 ms.)
+    // has the last few frames to copy (BENCHMARKS.md, "the SQLite audit
+    // appender": p99 during a rotation that erases a key).
     let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
         .execute(pool)
         .await;

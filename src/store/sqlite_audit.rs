@@ -5,22 +5,19 @@
 //! so the batch's fixed cost is on every signature's latency. Through sqlx a
 //! batch was five hand-offs to its per-connection worker thread and back
 //! (acquire, `BEGIN IMMEDIATE`, the chain's tail, the insert, `COMMIT`);
-//! measured on 2 cores, a one-record batch took 0.32-0.34 ms, of which the
-//! fsync is about half. Here the batch is one hand-off, and the statements
-//! run back to back on the thread that owns the connection: 0.22-0.24 ms
-//! (0.07 ms with the store on tmpfs), and a single ES384 request went from
-//! 0.47 to 0.37 ms.
+//! here it is one hand-off, and the statements run back to back on the
+//! thread that owns the connection (BENCHMARKS.md, "the SQLite audit
+//! appender", has the before and after).
 //!
 //! Checkpoints stay SQLite's own: the commit that takes the WAL past 1,000
 //! pages also copies it into the main file, so that one batch (every few
 //! seconds under load) waits for the copy and its fsync. Moving that past
 //! the batch's answer (a WAL hook, then a checkpoint after `done.send`)
 //! would spare that batch only; the next ones would still queue behind it.
-//! A checkpointer thread beside it was measured and dropped: under steady
-//! signing a `PASSIVE` checkpoint never catches up with the appender, so
-//! the WAL is never started over and grew by 150 MB in 12 s, and adding a
-//! `RESTART` checkpoint to bound it stalled batches behind it (p99 at 5,500
-//! ES384/s went from 2.8 ms to 5-120 ms).
+//! A checkpointer thread beside it was measured and dropped (same section):
+//! under steady signing a `PASSIVE` checkpoint never catches up with the
+//! appender, so the WAL is never started over, and a `RESTART` checkpoint
+//! to bound it stalls the batches behind it.
 
 use std::path::Path;
 use std::sync::LazyLock;
@@ -30,9 +27,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use super::StoreError;
+use super::api::StoreError;
 use super::rows::{AUDIT_COLUMNS, AUDIT_TAIL, audit_values, insert_sql};
-use crate::audit::{self, AuditEntry, AuditRecord};
+use crate::audit::chain::{self as audit, AuditEntry, AuditRecord};
 
 type Job = (
     Vec<AuditEntry>,
@@ -97,8 +94,8 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
 ///
 /// The pool's writers keep SQLite's timeout (sqlx sets no other), so under
 /// peak signing they take the lock in the gaps between batches, as they
-/// did when the batches went through the pool: measured at 12,400 ES384/s,
-/// `keys rotate --now` took 57-137 ms end to end.
+/// did when the batches went through the pool; `keys rotate --now` under
+/// peak signing still ends within a fraction of a second (BENCHMARKS.md).
 fn retry_soon(attempt: i32) -> bool {
     const SHORT: i32 = 1_000;
     const LONG: i32 = 990;

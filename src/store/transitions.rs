@@ -23,7 +23,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Database};
 
-use super::StoreError;
+use super::api::StoreError;
 use super::dialect::{Dialect, Publish, RowsAffected as _};
 use super::rows::{KEY_COLUMNS, KeyRow, insert_sql, key_from_row, ts};
 use super::sql::{Bind, Conn, Fetch, SqlStore, backend};
