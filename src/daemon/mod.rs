@@ -17,11 +17,13 @@ use tokio_util::task::TaskTracker;
 use crate::audit::writer::Auditor;
 use crate::clock::Clock;
 use crate::config::policy::Policies;
+use crate::http::tls::Tls;
 use crate::keyring::Keyring;
 use crate::keys::seal::MasterKey;
 use crate::keys::source::KeySource;
 use crate::lifecycle::Executor;
 use crate::metrics::Metrics;
+use crate::net;
 use crate::state::Shared;
 use crate::store::Store;
 use crate::workers::signing_pool::SigningPool;
@@ -49,8 +51,9 @@ pub struct Parts {
     pub public_url: String,
     /// Where audit records wait while the store is down.
     pub audit_spool: Option<PathBuf>,
-    /// Bounds of the socket server.
-    pub socket_limits: crate::socket::SocketLimits,
+    /// Bounds of each listener (public, admin, socket): every one gets
+    /// its own `max_connections`.
+    pub limits: crate::net::Limits,
     /// Audit records older than this are pruned by the lease holder.
     pub audit_retention: Option<crate::types::Span>,
     /// When set, the public listener speaks TLS with this certificate,
@@ -75,6 +78,7 @@ pub async fn run(
     mut reload: mpsc::Receiver<()>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let tls = parts.tls.clone().map(Tls::new).transpose()?;
     parts
         .store
         .bind_master_key(&parts.master.fingerprint())
@@ -111,25 +115,44 @@ pub async fn run(
     shared.metrics.prime(&shared.scheduler.policies());
 
     let tracker = TaskTracker::new();
+    let limits = parts.limits;
     let public = crate::http::public::router(shared.clone());
-    match &parts.tls {
-        Some(certs) => tracker.spawn(crate::http::tls::serve_tls(
+    match tls {
+        Some(tls) => tracker.spawn(net::serve(
+            "public",
             listeners.public,
+            tls,
             public,
-            certs.clone(),
+            limits,
             shutdown.clone(),
         )),
-        None => tracker.spawn(serve_tcp(listeners.public, public, shutdown.clone())),
+        None => tracker.spawn(net::serve(
+            "public",
+            listeners.public,
+            net::Plain,
+            public,
+            limits,
+            shutdown.clone(),
+        )),
     };
     if let Some(admin) = listeners.admin {
         let router = crate::http::admin::router(shared.clone());
-        tracker.spawn(serve_tcp(admin, router, shutdown.clone()));
+        tracker.spawn(net::serve(
+            "admin",
+            admin,
+            net::Plain,
+            router,
+            limits,
+            shutdown.clone(),
+        ));
     }
-    let socket_router = crate::socket::router(shared.clone());
-    tracker.spawn(crate::socket::serve(
+    let socket = crate::socket::router(shared.clone());
+    tracker.spawn(net::serve(
+        "socket",
         listeners.socket,
-        socket_router,
-        parts.socket_limits,
+        crate::socket::PeerCredentials,
+        socket,
+        limits,
         shutdown.clone(),
     ));
 
@@ -263,15 +286,6 @@ fn lease_holder_id() -> String {
     let _ = crate::keys::fill_random(&mut r);
     let r: String = r.iter().map(|b| format!("{b:02x}")).collect();
     format!("{host}:{}:{r}", std::process::id())
-}
-
-async fn serve_tcp(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
-    if let Err(e) = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %e, "HTTP server failed");
-    }
 }
 
 /// SIGHUP: a bad policy is refused and the old one kept; a good one

@@ -4,11 +4,11 @@
 
 mod admin;
 mod assertions;
+mod credentials;
 mod error;
 mod keys;
 mod limits;
 mod listener;
-mod server;
 
 use std::sync::Arc;
 
@@ -19,11 +19,11 @@ use crate::audit::AuditEntry;
 use crate::config::policy::{CallerMatch, CallerPolicy, Policies, Policy};
 use crate::state::Shared;
 
+pub use credentials::PeerCredentials;
 pub use error::ApiError;
 pub use keys::{KeyView, key_view};
 pub use limits::CallerLimits;
 pub use listener::{SocketError, bind};
-pub use server::{SocketLimits, serve};
 
 /// Most a request body may hold (DESIGN §3: 413 above).
 pub const MAX_BODY: usize = 16 * 1024;
