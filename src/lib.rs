@@ -16,6 +16,7 @@ pub mod keyring;
 pub mod keys;
 pub mod lifecycle;
 pub mod metrics;
+pub mod net;
 pub mod socket;
 pub mod state;
 pub mod store;

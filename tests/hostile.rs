@@ -3,6 +3,8 @@
 //! JSON shapes and raw bytes), a fuzzer of `Policy::from_toml` and
 //! `Config::from_toml`, and targeted cases (oversized and chunked bodies,
 //! invalid UTF-8, slowloris, 2000 idle connections, request smuggling).
+//! Slowloris and the connection bound are checked on the plain public and
+//! the admin listener too.
 //! The README's "Hostile input" table lists what each input gets.
 //!
 //! `PROPTEST_CASES` overrides the 256 cases per fuzzer.
@@ -505,39 +507,130 @@ async fn audit_verifications(d: &Daemon) -> usize {
         .count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slowloris_is_cut_by_the_header_timeout_while_others_are_served() {
-    let (_tmp, d) = start_with_server("header_timeout = \"2s\"");
-    d.ready().await;
-    let mut s = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
+/// Sends `request`'s header lines byte by byte on `s`, never ending them,
+/// and calls `served` every fifth byte (it must succeed meanwhile). Returns
+/// how long the daemon took to cut the connection; fails after 15 s.
+async fn slowloris<S, F, Fut>(mut s: S, request: &[u8], mut served: F) -> Duration
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let started = Instant::now();
-    let request = b"POST /v1/assertions HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
-    let mut cut_after = None;
     for (n, b) in request.iter().cycle().enumerate() {
         if s.write_all(&[*b]).await.is_err() {
-            cut_after = Some(started.elapsed());
-            break;
+            return started.elapsed();
         }
         // The daemon closing the connection shows up as EOF on read.
         let mut buf = [0u8; 256];
         if let Ok(r) = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
             let _ = r;
-            cut_after = Some(started.elapsed());
-            break;
+            return started.elapsed();
         }
         assert!(started.elapsed() < Duration::from_secs(15), "never cut");
         // Meanwhile a normal caller is served.
         if n.is_multiple_of(5) {
-            d.assertion("ES384").await;
+            served().await;
         }
     }
-    let cut_after = cut_after.unwrap();
-    eprintln!("slowloris cut after {cut_after:?} (header_timeout 2s)");
+    unreachable!("the request cycles forever")
+}
+
+/// A slowloris cut by `header_timeout = "2s"`: not before, not long after.
+fn assert_cut_by_a_2s_header_timeout(what: &str, cut_after: Duration) {
+    eprintln!("{what}: slowloris cut after {cut_after:?} (header_timeout 2s)");
     assert!(
         cut_after >= Duration::from_millis(1500) && cut_after < Duration::from_secs(6),
-        "{cut_after:?}"
+        "{what}: {cut_after:?}"
     );
+}
+
+/// Header lines for the TCP listeners, never ended.
+const SLOW_GET: &[u8] = b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_is_cut_by_the_header_timeout_while_others_are_served() {
+    let (_tmp, d) = start_with_server("header_timeout = \"2s\"");
+    d.ready().await;
+    let s = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
+    let request = b"POST /v1/assertions HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+    let cut_after = slowloris(s, request, || async {
+        d.assertion("ES384").await;
+    })
+    .await;
+    assert_cut_by_a_2s_header_timeout("socket", cut_after);
     d.assertion("RS384").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_on_the_public_listener_is_cut_by_the_header_timeout_while_jwks_is_served() {
+    let (_tmp, d) = start_with_server("header_timeout = \"2s\"");
+    d.ready().await;
+    let s = tokio::net::TcpStream::connect(d.public).await.unwrap();
+    let cut_after = slowloris(s, SLOW_GET, || async {
+        assert_eq!(d.jwks().await.0, StatusCode::OK);
+    })
+    .await;
+    assert_cut_by_a_2s_header_timeout("public listener", cut_after);
+    assert_eq!(d.jwks().await.0, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_on_the_admin_listener_is_cut_by_the_header_timeout_while_healthz_is_served() {
+    let (_tmp, d) = start_with_server("header_timeout = \"2s\"");
+    d.ready().await;
+    let healthz = || async {
+        let (status, _, _) = http(d.admin, Method::GET, "/healthz", &[]).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+    };
+    let s = tokio::net::TcpStream::connect(d.admin).await.unwrap();
+    let cut_after = slowloris(s, SLOW_GET, healthz).await;
+    assert_cut_by_a_2s_header_timeout("admin listener", cut_after);
+    healthz().await;
+}
+
+/// With `max_connections = 3`: three idle connections to `addr` keep a
+/// fourth `GET path` unanswered while the socket still signs (each listener
+/// has its own bound); once one of the three closes, the fourth is answered.
+async fn assert_three_idle_connections_hold_off_a_fourth(
+    d: &Daemon,
+    addr: std::net::SocketAddr,
+    path: &'static str,
+) {
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let fourth = tokio::spawn(http(addr, Method::GET, path, &[]));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !fourth.is_finished(),
+        "{path} answered while three connections were open: {:?}",
+        fourth
+            .await
+            .map(|answer| answer.map(|(status, _, _)| status))
+    );
+    d.assertion("ES384").await;
+    drop(idle.pop());
+    let answer = tokio::time::timeout(Duration::from_secs(5), fourth)
+        .await
+        .unwrap_or_else(|_| panic!("{path} not answered after a connection closed"))
+        .unwrap();
+    assert_eq!(answer.unwrap().0, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_idle_connections_hold_off_a_fourth_on_the_public_listener_until_one_closes() {
+    let (_tmp, d) = start_with_server("max_connections = 3");
+    d.ready().await;
+    assert_three_idle_connections_hold_off_a_fourth(&d, d.public, "/.well-known/jwks.json").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_idle_connections_hold_off_a_fourth_on_the_admin_listener_until_one_closes() {
+    let (_tmp, d) = start_with_server("max_connections = 3");
+    d.ready().await;
+    assert_three_idle_connections_hold_off_a_fourth(&d, d.admin, "/healthz").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,7 +85,7 @@ pub(super) async fn run(cli: &Cli, allow_root: bool) -> anyhow::Result<ExitCode>
         public_url,
         audit_spool: Some(config.audit_spool.clone()),
         audit_retention: config.audit_retention,
-        socket_limits: crate::socket::server::SocketLimits {
+        limits: crate::net::Limits {
             max_connections: config.server.max_connections,
             header_timeout: config.server.header_timeout,
             ..Default::default()

@@ -92,12 +92,14 @@ pub struct ServerConfig {
     pub socket: PathBuf,
     /// Socket file mode; default `0o660`; never world-writable.
     pub socket_mode: u32,
-    /// Open socket connections at most (`server.max_connections`); further
-    /// clients wait in the kernel's backlog. Default 1024, 1 to 100000.
+    /// Open connections at most on each listener (`server.max_connections`:
+    /// public, admin and socket each get this many); further clients wait
+    /// in the kernel's backlog. Default 1024, 1 to 100000.
     pub max_connections: usize,
-    /// Time a socket client has to send a request's headers, also between
-    /// keep-alive requests (`server.header_timeout`, a duration such as
-    /// `"30s"`). Default 30 s; between 1 s and 1 h.
+    /// Time an HTTP/1.1 client of any listener has to send a request's
+    /// headers, also between keep-alive requests (`server.header_timeout`,
+    /// a duration such as `"30s"`); a slower one is disconnected. Default
+    /// 30 s; between 1 s and 1 h.
     pub header_timeout: std::time::Duration,
     /// Group owning the socket; `None` means the daemon's group. Resolved
     /// (and an unknown name refused) at start-up, not here.

@@ -21,13 +21,14 @@ use crate::clock::Clock;
 use crate::config::live::LivePolicies;
 use crate::config::policy::Policies;
 use crate::http::paths::PublicUrl;
-use crate::http::tls::CertStore;
+use crate::http::tls::{CertStore, Tls};
 use crate::keyring::Keyring;
 use crate::keys::seal::MasterKey;
 use crate::keys::source::KeySource;
 use crate::lifecycle::executor::Executor;
 use crate::metrics::Metrics;
-use crate::socket::server::SocketLimits;
+use crate::net::{self, Limits, Plain};
+use crate::socket::credentials::PeerCredentials;
 use crate::state::Shared;
 use crate::store::Store;
 use crate::types::Span;
@@ -47,8 +48,9 @@ pub struct Parts {
     pub public_url: PublicUrl,
     /// Where audit records wait while the store is down.
     pub audit_spool: Option<PathBuf>,
-    /// Bounds of the socket server.
-    pub socket_limits: SocketLimits,
+    /// Bounds of each listener (public, admin, socket): every one gets
+    /// its own `max_connections`.
+    pub limits: Limits,
     /// Audit records older than this are pruned by the lease holder.
     pub audit_retention: Option<Span>,
     /// When set, the public listener speaks TLS with this certificate,
@@ -73,6 +75,8 @@ pub async fn run(
     reload: mpsc::Receiver<()>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // A TLS configuration the crypto library refuses fails the start.
+    let tls = parts.tls.clone().map(Tls::new).transpose()?;
     parts
         .store
         .bind_master_key(&parts.master.fingerprint())
@@ -118,8 +122,8 @@ pub async fn run(
             public: listeners.public,
             admin: listeners.admin,
             socket: listeners.socket,
-            tls: parts.tls.clone(),
-            socket_limits: parts.socket_limits,
+            tls,
+            limits: parts.limits,
         },
         &shutdown,
     );
@@ -149,48 +153,42 @@ struct Servers {
     public: TcpListener,
     admin: Option<TcpListener>,
     socket: UnixListener,
-    tls: Option<Arc<CertStore>>,
-    socket_limits: SocketLimits,
+    tls: Option<Tls>,
+    limits: Limits,
 }
 
-/// The three servers, each with its own router state taken from `shared`.
+/// The three servers, each with its own router state taken from `shared`,
+/// each through the one accept loop (`net::serve`).
 fn spawn_servers(shared: &Shared, servers: Servers, shutdown: &CancellationToken) -> TaskTracker {
     let Servers {
         public,
         admin,
         socket,
         tls,
-        socket_limits,
+        limits,
     } = servers;
     let tracker = TaskTracker::new();
     let router = crate::http::public::router(shared);
-    match &tls {
-        Some(certs) => tracker.spawn(crate::http::tls::serve_tls(
-            public,
-            router,
-            certs.clone(),
-            shutdown.clone(),
-        )),
-        None => tracker.spawn(serve_tcp(public, router, shutdown.clone())),
+    let stop = shutdown.clone();
+    let plain = Plain::new(limits.header_timeout);
+    match tls {
+        Some(tls) => tracker.spawn(net::serve("public", public, tls, router, limits, stop)),
+        None => tracker.spawn(net::serve("public", public, plain, router, limits, stop)),
     };
     if let Some(admin) = admin {
         let router = crate::http::admin::router(shared);
-        tracker.spawn(serve_tcp(admin, router, shutdown.clone()));
+        let stop = shutdown.clone();
+        tracker.spawn(net::serve("admin", admin, plain, router, limits, stop));
     }
-    tracker.spawn(crate::socket::server::serve(
+    let router = crate::socket::router::router(shared);
+    let stop = shutdown.clone();
+    tracker.spawn(net::serve(
+        "socket",
         socket,
-        crate::socket::router::router(shared),
-        socket_limits,
-        shutdown.clone(),
+        PeerCredentials,
+        router,
+        limits,
+        stop,
     ));
     tracker
-}
-
-async fn serve_tcp(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
-    if let Err(e) = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %e, "HTTP server failed");
-    }
 }

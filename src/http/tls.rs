@@ -2,9 +2,10 @@
 //! `server.tls_key`).
 //!
 //! Owns the certificate (`CertStore`: load, validate, hot swap) and the TLS
-//! accept loop (`serve_tls`: rustls handshake, HTTP/1.1 and HTTP/2 over the
-//! same port, graceful shutdown). It does not own the routes (that is
-//! `http::public`) nor the decision when to reload (the daemon calls
+//! step of each connection (`Tls`: rustls handshake, HTTP/1.1 or HTTP/2 by
+//! ALPN), which plugs into `net::serve`. It does not own the accept loop,
+//! its bounds or the shutdown (that is `net`), the routes (`http::public`)
+//! nor the decision when to reload (the daemon calls
 //! `CertStore::check_for_change` on its tick and `CertStore::reload` on
 //! SIGHUP).
 //!
@@ -18,34 +19,22 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{InconsistentKeys, ServerConfig};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
+use tokio_rustls::server::TlsStream;
 use zeroize::Zeroizing;
+
+use crate::net::{Prepare, Prepared, Protocol};
 
 /// Longest a client may take from TCP accept to a finished TLS handshake
 /// (10 s); a slower one is disconnected so it cannot hold a connection slot.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest shutdown waits for open connections to finish their requests
-/// (10 s); those still open then are closed.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// Most connections (handshaking or open) served at once (1024); further
-/// clients wait in the kernel's accept queue.
-pub const MAX_CONNECTIONS: usize = 1024;
-/// Longest an HTTP/1.1 client may take to send a request's headers (30 s).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a certificate or key could not be used. Messages name the file and
 /// the reason, never key material.
@@ -313,147 +302,67 @@ fn pem_reason(e: &pem::Error, wanted: &str) -> String {
     }
 }
 
-/// Serves `router` over TLS on `listener` until `shutdown` is cancelled.
-///
-/// Each connection: TLS handshake (at most `HANDSHAKE_TIMEOUT`), then HTTP/2
-/// or HTTP/1.1 (by ALPN or by the client preface) through the router. At
-/// most `MAX_CONNECTIONS` at once. On cancel it stops accepting, asks open
-/// connections to finish (HTTP/1.1 closes after the response in flight,
-/// HTTP/2 sends GOAWAY), waits up to `SHUTDOWN_GRACE`, then closes the rest.
-/// Handshake failures are logged at debug level (scanners are noisy).
-pub async fn serve_tls(
-    listener: TcpListener,
-    router: axum::Router,
-    certs: Arc<CertStore>,
-    shutdown: CancellationToken,
-) {
-    let limits = Limits {
-        handshake: HANDSHAKE_TIMEOUT,
-        grace: SHUTDOWN_GRACE,
-        max_connections: MAX_CONNECTIONS,
-    };
-    serve_with(listener, router, certs, shutdown, limits).await;
+/// The public listener's step before HTTP (the seam of `net::serve`): the
+/// rustls handshake, at most `HANDSHAKE_TIMEOUT`, then HTTP/2 when ALPN
+/// chose `h2` and HTTP/1.1 otherwise (RFC 9113 §3.3: over TLS, HTTP/2 is
+/// only spoken when negotiated). Handshake failures drop the connection
+/// (logged at debug level by `net`: scanners are noisy).
+pub struct Tls {
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
 }
 
-/// The timeouts and bounds of `serve_tls`, short in tests.
-#[derive(Clone, Copy, Debug)]
-struct Limits {
-    handshake: Duration,
-    grace: Duration,
-    max_connections: usize,
+impl Tls {
+    /// Handshakes with `certs`' current certificate (re-read on every
+    /// handshake, so a reload reaches new connections).
+    ///
+    /// Errors: the crypto provider refuses the TLS configuration.
+    pub fn new(certs: Arc<CertStore>) -> Result<Tls, TlsError> {
+        Ok(Tls {
+            acceptor: TlsAcceptor::from(Arc::new(certs.server_config()?)),
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+        })
+    }
 }
 
-async fn serve_with(
-    listener: TcpListener,
-    router: axum::Router,
-    certs: Arc<CertStore>,
-    shutdown: CancellationToken,
-    limits: Limits,
-) {
-    let config = match certs.server_config() {
-        Ok(c) => Arc::new(c),
-        Err(e) => {
-            // Not serving the public endpoint at all must not go unnoticed.
-            tracing::error!(error = %e, "cannot start the TLS listener; shutting down");
-            shutdown.cancel();
-            return;
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tls")
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prepare<TcpStream> for Tls {
+    type Io = TlsStream<TcpStream>;
+
+    async fn prepare(&self, stream: TcpStream) -> io::Result<Prepared<Self::Io>> {
+        let tls = tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(stream))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+            .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake failed: {e}")))?;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let mut prepared = Prepared::http1(tls);
+        if h2 {
+            prepared.protocol = Protocol::Http2;
         }
-    };
-    let acceptor = TlsAcceptor::from(config);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let mut conns = JoinSet::new();
-
-    loop {
-        // Finished connections leave their (unit) results behind.
-        while conns.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) if is_connection_error(&e) => continue,
-                Err(e) => {
-                    // E.g. EMFILE: back off instead of spinning.
-                    tracing::error!(error = %e, "TLS listener accept failed; retrying in 1 s");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        _ = shutdown.cancelled() => break,
-                    }
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        // Taken before the handshake, so that shutdown also waits for (and
-        // then closes) connections that are still handshaking.
-        let watcher = graceful.watcher();
-        let acceptor = acceptor.clone();
-        let builder = builder.clone();
-        let service = TowerToHyperService::new(router.clone());
-        conns.spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(limits.handshake, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let conn = builder.serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "TLS connection ended with an error");
-            }
-        });
+        Ok(prepared)
     }
-
-    drop(listener);
-    tracing::debug!(
-        connections = graceful.count(),
-        "TLS listener closed; waiting for open connections"
-    );
-    if tokio::time::timeout(limits.grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            grace_s = limits.grace.as_secs(),
-            "TLS connections still open after the shutdown grace; closing them"
-        );
-    }
-    conns.shutdown().await;
-}
-
-/// Errors that concern one incoming connection only, not the listener.
-fn is_connection_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
     use rcgen::{CertificateParams, KeyPair};
+    use tokio::io::{AsyncRead, AsyncReadExt as _};
+    use tokio::task::JoinHandle;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::net::Limits;
 
     /// A self-signed certificate for `localhost` and its PKCS#8 key, PEM.
     fn self_signed(alg: &'static rcgen::SignatureAlgorithm) -> (String, String) {
@@ -637,56 +546,138 @@ mod tests {
         Arc::new(CertStore::load(&c, &k).unwrap())
     }
 
+    /// `net::serve` with the TLS step (handshake timeout 200 ms) on
+    /// 127.0.0.1:0.
+    struct TlsServer {
+        addr: SocketAddr,
+        /// The certificate it presents, for clients to trust.
+        trust: CertificateDer<'static>,
+        shutdown: CancellationToken,
+        task: JoinHandle<()>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl TlsServer {
+        async fn start(limits: Limits) -> TlsServer {
+            let dir = tempfile::tempdir().unwrap();
+            let certs = test_store(dir.path());
+            let trust = certs.current().cert[0].clone();
+            let tls = Tls {
+                handshake_timeout: Duration::from_millis(200),
+                ..Tls::new(certs).unwrap()
+            };
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let router = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(crate::net::serve(
+                "public",
+                listener,
+                tls,
+                router,
+                limits,
+                shutdown.clone(),
+            ));
+            TlsServer {
+                addr,
+                trust,
+                shutdown,
+                task,
+                _dir: dir,
+            }
+        }
+
+        /// Cancels and waits (at most 5 s) for `serve` to return.
+        async fn stop(self) {
+            self.shutdown.cancel();
+            tokio::time::timeout(Duration::from_secs(5), self.task)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    /// A TLS client of `addr` that trusts `trust` and offers `http/1.1`.
+    async fn handshake(
+        addr: SocketAddr,
+        trust: &CertificateDer<'static>,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(trust.clone()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tcp = TcpStream::connect(addr).await?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+    }
+
+    /// Reads from `stream` until the server closes it; fails with `what`
+    /// if it is still open after 5 s.
+    async fn assert_closed_soon(mut stream: impl AsyncRead + Unpin, what: &str) {
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{what}"));
+        assert!(matches!(read, Ok(0) | Err(_)), "{what}: {read:?}");
+    }
+
     #[tokio::test]
     async fn a_client_that_never_handshakes_is_disconnected() {
-        use tokio::io::AsyncReadExt as _;
-        let dir = tempfile::tempdir().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let limits = Limits {
-            handshake: Duration::from_millis(200),
-            grace: Duration::from_secs(1),
-            max_connections: 4,
-        };
-        let server = tokio::spawn(serve_with(
-            listener,
-            axum::Router::new(),
-            test_store(dir.path()),
-            shutdown.clone(),
-            limits,
-        ));
-        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut buf = [0u8; 1];
-        let read = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf))
+        let server = TlsServer::start(Limits::default()).await;
+        let idle = TcpStream::connect(server.addr).await.unwrap();
+        assert_closed_soon(idle, "a silent client kept past the handshake timeout").await;
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_client_that_negotiates_http1_and_sends_nothing_is_cut_after_the_header_timeout() {
+        let server = TlsServer::start(Limits {
+            header_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        })
+        .await;
+        let silent = handshake(server.addr, &server.trust).await.unwrap();
+        let started = Instant::now();
+        assert_closed_soon(silent, "a silent TLS client kept past the header timeout").await;
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn with_one_connection_allowed_an_open_tls_connection_holds_off_the_next_handshake() {
+        let server = TlsServer::start(Limits {
+            max_connections: 1,
+            ..Limits::default()
+        })
+        .await;
+        let open = handshake(server.addr, &server.trust).await.unwrap();
+        let (addr, trust) = (server.addr, server.trust.clone());
+        let next = tokio::spawn(async move { handshake(addr, &trust).await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!next.is_finished(), "a second handshake while one was open");
+        drop(open);
+        tokio::time::timeout(Duration::from_secs(5), next)
             .await
-            .expect("the server kept a silent client past the handshake timeout");
-        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(5), server)
-            .await
+            .expect("the second handshake never finished after the first closed")
             .unwrap()
             .unwrap();
+        server.stop().await;
     }
 
     #[tokio::test]
     async fn shutdown_closes_the_listener_and_returns() {
-        let dir = tempfile::tempdir().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve_tls(
-            listener,
-            axum::Router::new(),
-            test_store(dir.path()),
-            shutdown.clone(),
-        ));
+        let server = TlsServer::start(Limits::default()).await;
+        let addr = server.addr;
         tokio::time::sleep(Duration::from_millis(50)).await;
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(5), server)
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+        server.stop().await;
+        assert!(TcpStream::connect(addr).await.is_err());
     }
 }

@@ -1,25 +1,26 @@
 //! The Unix socket API (HTTP/1.1 + JSON). Who is asking comes from the
-//! kernel (SO_PEERCRED), never from the request ([`peer`]); what they may do
-//! comes from the policies' `[[callers]]`, decided by pure functions
-//! ([`authorize`]). One file per request kind; [`router`] wires them.
+//! kernel (SO_PEERCRED), never from the request ([`peer`], attached to each
+//! connection by [`credentials`]); what they may do comes from the
+//! policies' `[[callers]]`, decided by pure functions ([`authorize`]). One
+//! file per request kind; [`router`] wires them.
 
 mod admin;
 mod assertions;
 mod audited;
 pub mod authorize;
 mod body;
+pub mod credentials;
 pub mod error;
 pub mod keys;
 pub mod limits;
 pub mod listener;
 pub mod peer;
 pub mod router;
-pub mod server;
 mod state;
 
+pub use credentials::PeerCredentials;
 pub use error::ApiError;
 pub use keys::{KeyView, key_view};
 pub use listener::{SocketError, bind};
 pub use peer::Peer;
 pub use router::router;
-pub use server::{SocketLimits, serve};
