@@ -319,9 +319,9 @@ impl Auditor {
     /// cannot wait arrives), so one commit covers every signature queued
     /// meanwhile instead of one commit each.
     ///
-    /// Measured on 2 cores at peak RS384-4096 signing, with each entry
-    /// recorded after its signature: 1.07 entries per commit, and about 15
-    /// context switches per request.
+    /// Why: recorded after its signature, each RSA entry arrived alone and
+    /// paid a commit of its own (BENCHMARKS.md, "RS384 records go in before
+    /// signing").
     pub async fn submit_early(&self, entry: AuditEntry) -> Result<Receipt, AuditError> {
         let (done, committed) = oneshot::channel();
         let waited = Arc::new(AtomicBool::new(false));
