@@ -413,3 +413,141 @@ fn reschedule_never_moves_a_key_earlier_than_publish_ahead_allows() {
         }]
     );
 }
+
+// ---- operator actions (rule 8) and the row of a generated key ----
+
+#[test]
+fn rotation_without_now_moves_the_pending_key_to_when_rule_1_allows() {
+    let p = every_30d();
+    let published = utc("2026-01-10T00:00:00Z");
+    let allowed = published + TimeDelta::days(2);
+    let keys = [
+        active(1, utc("2026-01-01T00:00:00Z")),
+        pending(2, published, utc("2026-01-31T00:00:00Z")),
+    ];
+    let moved_to = |now| match rotation(&p, &keys, Alg::Rs384, false, now).unwrap() {
+        Change::Reschedule { kid, activate_at } => {
+            assert_eq!(kid, keys[1].kid);
+            activate_at
+        }
+        other => panic!("{other:?}"),
+    };
+    // Just before, at and just after the key has been published for
+    // publish_ahead: never earlier than that, never earlier than now.
+    assert_eq!(moved_to(allowed - SEC), allowed);
+    assert_eq!(moved_to(allowed), allowed);
+    assert_eq!(moved_to(allowed + SEC), allowed + SEC);
+}
+
+#[test]
+fn rotation_now_activates_the_pending_key_at_once_and_starts_the_grace() {
+    let p = every_30d();
+    let now = utc("2026-01-10T12:00:00Z");
+    let keys = [
+        active(1, utc("2026-01-01T00:00:00Z")),
+        pending(2, now - SEC, utc("2026-01-31T00:00:00Z")),
+    ];
+    assert_eq!(
+        rotation(&p, &keys, Alg::Rs384, true, now),
+        Ok(Change::Activate {
+            set: p.name.clone(),
+            alg: Alg::Rs384,
+            kid: keys[1].kid.clone(),
+            at: now,
+            retire_at: now + TimeDelta::days(7),
+            emergency: true,
+        })
+    );
+}
+
+#[test]
+fn rotation_without_a_pending_key_is_refused() {
+    let p = every_30d();
+    let keys = [active(1, utc("2026-01-01T00:00:00Z"))];
+    let refused = rotation(&p, &keys, Alg::Rs384, true, utc("2026-01-02T00:00:00Z")).unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "s/RS384 has no pending key to rotate to"
+    );
+}
+
+#[test]
+fn revocation_takes_a_published_key_out_at_once_and_refuses_the_rest() {
+    let now = utc("2026-02-01T00:00:00Z");
+    let keys = [
+        key(1, KeyState::Retired),
+        active(2, utc("2026-01-01T00:00:00Z")),
+    ];
+    assert_eq!(
+        revocation(&keys, keys[1].kid.as_str(), now),
+        Ok(Change::Revoke {
+            kid: keys[1].kid.clone(),
+            at: now,
+        })
+    );
+    assert_eq!(
+        revocation(&keys, keys[0].kid.as_str(), now),
+        Err(Refusal::NotPublished {
+            kid: keys[0].kid.clone(),
+            state: KeyState::Retired,
+        })
+    );
+    assert_eq!(
+        revocation(&keys, "s-rs384-v9-nothere", now),
+        Err(Refusal::UnknownKid("s-rs384-v9-nothere".into()))
+    );
+}
+
+#[test]
+fn a_generated_successor_counts_rule_1_from_its_publication_not_from_the_plan() {
+    let p = every_30d();
+    let since = utc("2026-01-01T00:00:00Z");
+    let planned_at = utc("2026-01-29T00:00:00Z");
+    let steps = plan(&p, &[active(1, since)], planned_at);
+    let [Step::Generate(new)] = steps.as_slice() else {
+        panic!("{steps:?}");
+    };
+    // Planned at the 29th: 30 days after activation would be the 31st, but
+    // rule 1 needs two days of publication: the 31st is just reachable.
+    assert_eq!(new.activate_at, utc("2026-01-31T00:00:00Z"));
+    let row = || GeneratedRow {
+        kid: Kid::build(&p.name, Alg::Rs384, 2, "abcdefgh"),
+        public_jwk: "{}".into(),
+        sealed_private: vec![1],
+    };
+    // Published the same second: the plan stands.
+    let k = new_key(&p, new, row(), planned_at);
+    assert_eq!(k.activate_at, Some(utc("2026-01-31T00:00:00Z")));
+    assert_eq!(
+        (k.publish_at, k.state, k.version),
+        (planned_at, KeyState::Pending, 2)
+    );
+    // Published a second later (generation took time): rule 1 moves it too.
+    let late = planned_at + SEC;
+    let k = new_key(&p, new, row(), late);
+    assert_eq!(k.activate_at, Some(late + TimeDelta::days(2)));
+}
+
+#[test]
+fn a_generated_first_key_signs_from_its_publication() {
+    let p = every_30d();
+    let now = utc("2026-01-01T00:00:00Z");
+    let steps = plan(&p, &[], now);
+    let [Step::Generate(new)] = steps.as_slice() else {
+        panic!("{steps:?}");
+    };
+    let published = now + TimeDelta::seconds(3);
+    let k = new_key(
+        &p,
+        new,
+        GeneratedRow {
+            kid: Kid::build(&p.name, Alg::Rs384, 1, "abcdefgh"),
+            public_jwk: "{}".into(),
+            sealed_private: vec![1],
+        },
+        published,
+    );
+    assert_eq!(k.state, KeyState::Active);
+    assert_eq!(k.activate_at, Some(published));
+    assert_eq!(k.publish_at, published);
+}
