@@ -10,10 +10,7 @@ use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
 async fn started() -> Daemon {
-    let d = Daemon::start(&policy(""));
-    d.ready().await;
-    d.settled().await;
-    d
+    Daemon::start(&policy("")).when_settled().await
 }
 
 fn key<'a>(keys: &'a Value, alg: &str, state: &str) -> Option<&'a Value> {
@@ -232,7 +229,7 @@ async fn db_check(dir: &std::path::Path) -> Vec<(String, String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_in_the_middle_of_rotations_loses_nothing_and_never_makes_two_signers() {
-    let mut d = started().await;
+    let mut d = Daemon::spawn(&policy("")).when_settled().await;
     let _tmp = d.keep_dir();
     let dir = d.dir.clone();
     let mut seen: Vec<String> = Vec::new();
@@ -261,7 +258,7 @@ async fn kill_9_in_the_middle_of_rotations_loses_nothing_and_never_makes_two_sig
             );
         }
         seen = rows.iter().map(|r| r.0.clone()).collect();
-        d = Daemon::start_in(&dir);
+        d = Daemon::spawn_in(&dir);
         d.ready().await;
         d.settled().await;
         db_check(&dir).await;
@@ -284,13 +281,8 @@ async fn kill_9_in_the_middle_of_rotations_loses_nothing_and_never_makes_two_sig
 async fn sighup_refuses_a_bad_policy_and_reschedules_on_a_good_one() {
     let d = started().await;
     let policy_file = d.dir.join("policies/default.toml");
-    let hup = || {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(d.pid()),
-            nix::sys::signal::Signal::SIGHUP,
-        )
-        .unwrap()
-    };
+    // What SIGHUP does (tls.rs sends the signal itself, to a process).
+    let hup = || d.reload();
     std::fs::write(
         &policy_file,
         policy("").replace("rsa_bits = 2048", "rsa_bits = 1024"),

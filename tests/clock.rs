@@ -65,7 +65,7 @@ async fn a_wall_clock_jumping_hours_activates_nothing_early_and_keeps_exp_true()
     let offset = dir.join("faketime");
     std::fs::write(&offset, "+0\n").unwrap();
     let offset_s = offset.display().to_string();
-    let d = Daemon::start_in_with_env(
+    let d = Daemon::spawn_in_with_env(
         &dir,
         &[],
         &[

@@ -283,7 +283,7 @@ async fn crash_loop(what: &str, dir: &Path, db: Db<'_>) {
     let mut slowest_ready = Duration::ZERO;
     for i in 0..n {
         let t = Instant::now();
-        let mut d = Daemon::start_in(dir);
+        let mut d = Daemon::spawn_in(dir);
         d.ready().await;
         slowest_ready = slowest_ready.max(t.elapsed());
         check_after_restart(&d, &db, &mut seen, i).await;
@@ -331,7 +331,7 @@ async fn crash_loop(what: &str, dir: &Path, db: Db<'_>) {
         seen.kids.extend(seen.signed.iter().cloned());
     }
     // A last restart checks the state the final kill left.
-    let d = Daemon::start_in(dir);
+    let d = Daemon::spawn_in(dir);
     d.ready().await;
     check_after_restart(&d, &db, &mut seen, n).await;
     eprintln!(

@@ -1,6 +1,7 @@
 //! End-to-end tests of the core path on the embedded default (SQLite):
-//! the real binary, a real HTTP listener on 127.0.0.1, the real Unix socket,
-//! real files.
+//! the real daemon (in this process, or the binary where a test needs a
+//! process), a real HTTP listener on 127.0.0.1, the real Unix socket, real
+//! files.
 
 mod helpers;
 
@@ -17,10 +18,7 @@ fn jwks_json(bytes: &[u8]) -> Value {
 }
 
 async fn started() -> Daemon {
-    let d = Daemon::start(&policy(""));
-    d.ready().await;
-    d.settled().await;
-    d
+    Daemon::start(&policy("")).when_settled().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -522,7 +520,9 @@ async fn jwks_is_cacheable_with_a_strong_etag_304_head_and_sorted_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_holds_no_usable_private_key_and_the_log_no_key_material() {
-    let mut d = started().await;
+    // Spawned: the log searched must be all a real daemon writes (its
+    // stderr, from every thread), and the stop is SIGTERM.
+    let mut d = Daemon::spawn(&policy("")).when_settled().await;
     d.assertion("RS384").await;
     d.assertion("ES384").await;
     let master_text = std::fs::read_to_string(d.dir.join("master.key")).unwrap();
@@ -595,7 +595,7 @@ async fn a_restart_on_the_same_files_finds_the_same_keys_and_serves_the_same_byt
     let (_, h1, jwks1) = d.jwks().await;
     let (_, keys1) = d.socket_json(Method::GET, "/v1/keys", None).await;
     let socket = d.socket.clone();
-    assert!(d.stop(), "SIGTERM ends the daemon cleanly");
+    assert!(d.stop(), "a clean stop ends the daemon without an error");
     assert!(!socket.exists(), "a clean stop removes its socket file");
     let dir = d.dir.clone();
     let d2 = Daemon::start_in(&dir);
@@ -618,7 +618,7 @@ async fn a_restart_on_the_same_files_finds_the_same_keys_and_serves_the_same_byt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_socket_left_by_kill_9_is_replaced_and_the_socket_has_its_mode() {
-    let mut d = started().await;
+    let mut d = Daemon::spawn(&policy("")).when_settled().await;
     let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
     d.kill9();

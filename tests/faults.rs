@@ -133,7 +133,8 @@ async fn a_data_directory_that_cannot_grow_then_can() {
         eprintln!("SKIPPED full data directory: prlimit (util-linux) is not installed");
         return;
     }
-    let d = Daemon::start(&policy(""));
+    // Spawned: prlimit sets the limit of a process.
+    let d = Daemon::spawn(&policy(""));
     d.ready().await;
     d.settled().await;
     let (_, _, jwks_before) = d.jwks().await;

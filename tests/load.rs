@@ -43,7 +43,9 @@ async fn five_hundred_clients_sign_through_rotations_without_a_failure() {
         .replace("clock_skew = \"1m\"", "clock_skew = \"10s\"")
         // >= assertion_lifetime + jwks_max_age + clock_skew = 1m11s
         .replace("grace = \"7d\"", "grace = \"2m\"");
-    let d = Daemon::start(&policy);
+    // Spawned: 500 connections on each side; in one process both sides
+    // would share one RLIMIT_NOFILE (1024 by default on many systems).
+    let d = Daemon::spawn(&policy);
     d.ready().await;
     d.settled().await;
 

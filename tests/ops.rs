@@ -147,7 +147,8 @@ async fn health_and_readiness() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_format_json_prints_one_json_object_per_line() {
-    let mut d = Daemon::start_with(&policy(""), &["--log-format", "json"]);
+    // Spawned: --log-format is a flag of `serve`; the log is its stderr.
+    let mut d = Daemon::spawn_with(&policy(""), &["--log-format", "json"]);
     d.ready().await;
     d.settled().await;
     let (status, _) = d

@@ -100,7 +100,8 @@ async fn three_replicas_agree_follow_each_other_and_replace_a_killed_leader() {
         return;
     };
     let started = Instant::now();
-    let (_tmp, mut ds) = cluster(3, &fast_policy(), &db.url);
+    // Spawned: the leader is killed (-9).
+    let (_tmp, mut ds) = cluster(3, &fast_policy(), &db.url, Daemon::spawn_in);
     for d in &ds {
         d.ready().await;
     }
@@ -229,7 +230,7 @@ async fn losing_the_database_keeps_jwks_and_signing_and_everything_recovers() {
     let Some(db) = pg_or_skip("replica tests").await else {
         return;
     };
-    let (_tmp, ds) = cluster(2, &policy(""), &db.url);
+    let (_tmp, ds) = cluster(2, &policy(""), &db.url, Daemon::start_in);
     for d in &ds {
         d.ready().await;
         d.settled().await;

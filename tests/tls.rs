@@ -72,11 +72,12 @@ fn replace(path: &Path, content: &str) {
 }
 
 /// A daemon whose public listener serves `leaf` (files `tls.crt`, `tls.key`
-/// next to the config, named relative to it).
-fn start_tls_daemon(leaf: &Leaf) -> (Daemon, tempfile::TempDir) {
+/// next to the config, named relative to it), started by `start`
+/// (`Daemon::start_in` or `Daemon::spawn_in`).
+fn start_tls_daemon(leaf: &Leaf, start: fn(&Path) -> Daemon) -> (Daemon, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
     write_tls_files(tmp.path(), &leaf.chain_pem, &leaf.key_pem);
-    (Daemon::start_in(tmp.path()), tmp)
+    (start(tmp.path()), tmp)
 }
 
 /// The usual test files plus `tls.crt`/`tls.key`, named in the config.
@@ -181,7 +182,7 @@ async fn wait_for_cert(addr: SocketAddr, connector: &TlsConnector, der: &[u8], d
 async fn jwks_is_served_over_tls_with_http1_and_http2_only_to_clients_trusting_the_ca() {
     let ca = Ca::new("jwksd test CA");
     let leaf = ca.leaf();
-    let (d, _tmp) = start_tls_daemon(&leaf);
+    let (d, _tmp) = start_tls_daemon(&leaf, Daemon::start_in);
     d.ready().await;
 
     // (a) HTTP/1.1, chosen by ALPN.
@@ -230,7 +231,7 @@ async fn jwks_is_served_over_tls_with_http1_and_http2_only_to_clients_trusting_t
 async fn a_replaced_certificate_reaches_new_connections_without_dropping_open_ones() {
     let ca = Ca::new("jwksd test CA");
     let (first, second) = (ca.leaf(), ca.leaf());
-    let (d, _tmp) = start_tls_daemon(&first);
+    let (d, _tmp) = start_tls_daemon(&first, Daemon::start_in);
     d.ready().await;
     let connector = client(&ca.der(), &[b"http/1.1"]);
 
@@ -256,7 +257,9 @@ async fn a_replaced_certificate_reaches_new_connections_without_dropping_open_on
 async fn a_replacement_key_that_does_not_match_is_refused_and_the_old_certificate_kept() {
     let ca = Ca::new("jwksd test CA");
     let (good, other) = (ca.leaf(), ca.leaf());
-    let (d, _tmp) = start_tls_daemon(&good);
+    // Spawned: a real SIGHUP, and the log searched for key material must
+    // be all a real daemon writes.
+    let (d, _tmp) = start_tls_daemon(&good, Daemon::spawn_in);
     d.ready().await;
     let connector = client(&ca.der(), &[b"http/1.1"]);
 

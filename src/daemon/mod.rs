@@ -4,6 +4,7 @@
 //! listeners and a shutdown token, so tests start the real daemon on port 0
 //! and a temporary socket.
 
+mod assemble;
 pub mod hygiene;
 mod reload;
 mod ticker;

@@ -47,13 +47,14 @@ where
         .await
         .map_err(|e| BackgroundError::Spawn(e.to_string()))?;
     let (done, result) = oneshot::channel();
-    std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
+    super::spawn(
+        std::thread::Builder::new().name(name.to_owned()),
+        move || {
             lower_this_thread_priority();
             let _ = done.send(job());
-        })
-        .map_err(|e| BackgroundError::Spawn(e.to_string()))?;
+        },
+    )
+    .map_err(|e| BackgroundError::Spawn(e.to_string()))?;
     // A dropped sender means the job panicked before sending.
     result.await.map_err(|_| BackgroundError::Panicked)
 }

@@ -45,24 +45,23 @@ impl SigningPool {
         let queue = Arc::new(Mutex::new(queue));
         for i in 0..threads {
             let queue = queue.clone();
-            std::thread::Builder::new()
-                .name(format!("jwksd-sign-{i}"))
-                .spawn(move || {
-                    loop {
-                        // The lock is held only while waiting for a job, so
-                        // exactly one idle thread waits on the queue and the
-                        // others wait for the lock; a job runs unlocked.
-                        let job = {
-                            let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
-                            q.blocking_recv()
-                        };
-                        match job {
-                            Some(job) => job(),
-                            None => break,
-                        }
+            let name = std::thread::Builder::new().name(format!("jwksd-sign-{i}"));
+            super::spawn(name, move || {
+                loop {
+                    // The lock is held only while waiting for a job, so
+                    // exactly one idle thread waits on the queue and the
+                    // others wait for the lock; a job runs unlocked.
+                    let job = {
+                        let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+                        q.blocking_recv()
+                    };
+                    match job {
+                        Some(job) => job(),
+                        None => break,
                     }
-                })
-                .map_err(|e| PoolError::Spawn(e.to_string()))?;
+                }
+            })
+            .map_err(|e| PoolError::Spawn(e.to_string()))?;
         }
         Ok(SigningPool { jobs })
     }

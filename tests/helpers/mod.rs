@@ -1,9 +1,13 @@
-//! Test helpers: start the real `jwksd` binary on port 0 and a temporary
-//! socket, talk to it over real HTTP and the real Unix socket, and verify
-//! what it signs with independent implementations (`rsa`, `p384`).
+//! Test helpers: start the real daemon on port 0 and a temporary socket,
+//! in this process (`Daemon::start*`) or as the `jwksd` binary
+//! (`Daemon::spawn*`, where a test needs a process: signals, kill -9,
+//! command-line flags, its environment, its limits), talk to it over real
+//! HTTP and the real Unix socket, and verify what it signs with independent
+//! implementations (`rsa`, `p384`).
 
 #![allow(dead_code)]
 
+mod in_process;
 pub mod pg;
 
 use std::io::{BufRead, BufReader};
@@ -71,51 +75,65 @@ admin = true
     )
 }
 
-/// A running daemon in its own temporary directory.
+/// A running daemon in its own temporary directory: in this process or a
+/// child process, with the same files, log file and methods either way.
 pub struct Daemon {
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
-    child: Option<Child>,
+    running: Option<Running>,
     pub public: SocketAddr,
     pub admin: SocketAddr,
     pub socket: PathBuf,
     pub config: PathBuf,
 }
 
+/// How a daemon runs, until it is stopped or killed.
+enum Running {
+    InProcess(in_process::InProcess),
+    Spawned(Child),
+}
+
 impl Daemon {
     /// Writes config, master key and `policy` into a fresh directory and
-    /// starts the daemon there.
+    /// starts the daemon there, in this process.
     pub fn start(policy: &str) -> Daemon {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        write_files(&dir, policy);
-        let mut d = Daemon::start_in(&dir);
-        d._tmp = Some(tmp);
-        d
+        Daemon::fresh(policy, Daemon::start_in)
     }
 
-    /// Starts the daemon on the files already in `dir` (a restart).
+    /// Starts the daemon in this process on the files already in `dir` (a
+    /// restart).
     pub fn start_in(dir: &Path) -> Daemon {
-        Daemon::start_in_with(dir, &[])
+        let config = dir.join("jwksd.toml");
+        let (daemon, bound) = in_process::InProcess::start(&config, &dir.join("daemon.log"))
+            .unwrap_or_else(|e| panic!("daemon did not start: {e}\n{}", read_log(dir)));
+        Daemon {
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            running: Some(Running::InProcess(daemon)),
+            public: bound.public,
+            admin: bound.admin,
+            socket: bound.socket,
+            config,
+        }
     }
 
-    /// Like `start`, with extra command-line arguments.
-    pub fn start_with(policy: &str, args: &[&str]) -> Daemon {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        write_files(&dir, policy);
-        let mut d = Daemon::start_in_with(&dir, args);
-        d._tmp = Some(tmp);
-        d
+    /// Like `start`, as a child process running `jwksd serve`.
+    pub fn spawn(policy: &str) -> Daemon {
+        Daemon::fresh(policy, Daemon::spawn_in)
     }
 
-    /// `start_in` with extra command-line arguments.
-    pub fn start_in_with(dir: &Path, args: &[&str]) -> Daemon {
-        Daemon::start_in_with_env(dir, args, &[])
+    /// Like `start_in`, as a child process running `jwksd serve`.
+    pub fn spawn_in(dir: &Path) -> Daemon {
+        Daemon::spawn_in_with_env(dir, &[], &[])
     }
 
-    /// `start_in` with extra arguments and environment variables.
-    pub fn start_in_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+    /// Like `spawn`, with extra command-line arguments.
+    pub fn spawn_with(policy: &str, args: &[&str]) -> Daemon {
+        Daemon::fresh(policy, |dir| Daemon::spawn_in_with_env(dir, args, &[]))
+    }
+
+    /// `spawn_in` with extra arguments and environment variables.
+    pub fn spawn_in_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let config = dir.join("jwksd.toml");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -128,7 +146,7 @@ impl Daemon {
             .args(allow_root())
             .args(args)
             .envs(env.iter().copied())
-            .env("RUST_LOG", "debug,sqlx=warn,hyper=info")
+            .env("RUST_LOG", in_process::LOG_FILTER)
             .env_remove("JWKSD_MASTER_KEY")
             .stdout(Stdio::piped())
             .stderr(log)
@@ -155,12 +173,22 @@ impl Daemon {
         Daemon {
             dir: dir.to_path_buf(),
             _tmp: None,
-            child: Some(child),
+            running: Some(Running::Spawned(child)),
             public: field("public").parse().unwrap(),
             admin: field("admin").parse().unwrap(),
             socket: PathBuf::from(field("socket")),
             config,
         }
+    }
+
+    /// Writes the files of `policy` into a fresh temporary directory, which
+    /// the daemon `start` starts there then owns.
+    fn fresh(policy: &str, start: impl FnOnce(&Path) -> Daemon) -> Daemon {
+        let tmp = tempfile::tempdir().unwrap();
+        write_files(tmp.path(), policy);
+        let mut d = start(tmp.path());
+        d._tmp = Some(tmp);
+        d
     }
 
     /// Waits until `/readyz` says every set has its signers.
@@ -196,6 +224,14 @@ impl Daemon {
         }
     }
 
+    /// `ready`, then `settled`: the daemon back, serving with an active and
+    /// a pending key per alg.
+    pub async fn when_settled(self) -> Daemon {
+        self.ready().await;
+        self.settled().await;
+        self
+    }
+
     /// Takes ownership of the temporary directory, so that it outlives this
     /// daemon (for restarts on the same files).
     pub fn keep_dir(&mut self) -> Option<tempfile::TempDir> {
@@ -206,38 +242,73 @@ impl Daemon {
         read_log(&self.dir)
     }
 
-    /// SIGKILL: no cleanup at all, as after a crash.
+    /// SIGKILL: no cleanup at all, as after a crash. Needs a process.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.needs_a_process("kill9");
+        self.end();
     }
 
-    /// SIGTERM and wait for a clean exit; returns whether it exited 0.
+    /// A clean stop (SIGTERM for a process, the shutdown token in this
+    /// one); returns whether the daemon ended without an error within 20 s.
     pub fn stop(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else {
-            return false;
-        };
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(c.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = c.try_wait() {
-                return status.success();
+        let within = Duration::from_secs(20);
+        match self.running.take() {
+            None => false,
+            Some(Running::InProcess(d)) => d.stop(within),
+            Some(Running::Spawned(mut c)) => {
+                let _ = signal(&c, nix::sys::signal::Signal::SIGTERM);
+                let deadline = Instant::now() + within;
+                loop {
+                    if let Ok(Some(status)) = c.try_wait() {
+                        return status.success();
+                    }
+                    if Instant::now() > deadline {
+                        let _ = c.kill();
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
+    /// Re-reads policies and the TLS certificate: SIGHUP for a process, the
+    /// channel SIGHUP feeds in this one.
+    pub fn reload(&self) {
+        match &self.running {
+            Some(Running::Spawned(c)) => signal(c, nix::sys::signal::Signal::SIGHUP).unwrap(),
+            Some(Running::InProcess(d)) => d.reload(),
+            None => panic!("reload: the daemon is not running"),
+        }
+    }
+
+    /// The daemon's pid (0 once it has ended). Needs a process.
     pub fn pid(&self) -> i32 {
-        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+        self.needs_a_process("pid");
+        self.running.as_ref().map_or(0, |r| match r {
+            Running::Spawned(c) => c.id() as i32,
+            Running::InProcess(_) => unreachable!(),
+        })
+    }
+
+    fn needs_a_process(&self, what: &str) {
+        assert!(
+            !matches!(self.running, Some(Running::InProcess(_))),
+            "{what}: this daemon runs in the test process; start it with Daemon::spawn*"
+        );
+    }
+
+    /// A process is killed (-9); a daemon in this process is dropped where
+    /// it stands and its thread joined.
+    fn end(&mut self) {
+        match self.running.take() {
+            Some(Running::Spawned(mut c)) => {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            Some(Running::InProcess(d)) => drop(d),
+            None => {}
+        }
     }
 
     pub async fn jwks(&self) -> (StatusCode, HeaderMap, Bytes) {
@@ -302,8 +373,12 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        self.kill9();
+        self.end();
     }
+}
+
+fn signal(child: &Child, signal: nix::sys::signal::Signal) -> nix::Result<()> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal)
 }
 
 /// Polls `f` (every 200 ms) until it holds; fails the test after `within`.
@@ -367,8 +442,14 @@ dir = "policies"
 }
 
 /// `n` daemons sharing one store and one master key, each in its own
-/// directory under the returned temporary directory.
-pub fn cluster(n: usize, policy: &str, store_url: &str) -> (tempfile::TempDir, Vec<Daemon>) {
+/// directory under the returned temporary directory, started by `start`
+/// (`Daemon::start_in` or `Daemon::spawn_in`).
+pub fn cluster(
+    n: usize,
+    policy: &str,
+    store_url: &str,
+    start: fn(&Path) -> Daemon,
+) -> (tempfile::TempDir, Vec<Daemon>) {
     let tmp = tempfile::tempdir().unwrap();
     let mut key = [0u8; 32];
     getrandom_fill(&mut key);
@@ -377,7 +458,7 @@ pub fn cluster(n: usize, policy: &str, store_url: &str) -> (tempfile::TempDir, V
         .map(|i| {
             let dir = tmp.path().join(format!("replica{i}"));
             write_files_with(&dir, policy, store_url, &key);
-            Daemon::start_in(&dir)
+            start(&dir)
         })
         .collect();
     (tmp, daemons)
