@@ -689,14 +689,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (auditor, metrics, store) = auditor(&dir).await;
         let ticket = auditor.ticket();
-        // The writer holds "first" and waits for the ticket's entry.
+        // A second request on its way, cancelled once "second" is taken:
+        // it keeps the batch open however late the writer gets to its wait.
+        // Without it, a writer slower than this test could find no ticket
+        // left between the hand-in of "second" and its arrival, and commit
+        // "first" alone, as it should then.
+        let cancelled = auditor.ticket();
+        // The writer holds "first" and waits for the tickets' entries.
         let first = open_batch(&auditor, "first").await;
         assert_eq!(
             metrics.batch_entries.count(),
             0,
             "committed without waiting"
         );
-        tokio::time::timeout(BOUND, ticket.record(entry("second")))
+        let mut second =
+            std::pin::pin!(tokio::time::timeout(BOUND, ticket.record(entry("second"))));
+        // Polled once, the record is on the queue (it cannot be committed
+        // while `cancelled` is out).
+        tokio::select! {
+            biased;
+            _ = &mut second => panic!("committed while a ticket was out"),
+            () = std::future::ready(()) => {}
+        }
+        taken(&auditor).await;
+        drop(cancelled);
+        second
             .await
             .expect("the batch waited for its own sender's ticket")
             .unwrap();
