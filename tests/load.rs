@@ -194,8 +194,16 @@ async fn five_hundred_clients_sign_through_rotations_without_a_failure() {
         bad.len(),
         &bad[..bad.len().min(3)]
     );
-    // Rotating every 5 s: at least a rotation per alg per 10 s.
-    let want = (seconds / 10).max(1) as usize;
+    // "Through rotations" needs rotations during the load: at least one per
+    // alg per 30 s. Not the schedule's cadence (one per 5 s): successors are
+    // generated under SCHED_IDLE (workers/background.rs), so that signing
+    // keeps the CPU, and 500 closed-loop clients keep both cores busy; key
+    // generation gets the leftovers. On a 2-core machine without AVX-512 that
+    // is a rotation per 12-15 s (4 and 5 signing keys per alg in 60 s, before
+    // and after the restructuring of issue 14), where the per-10-s bound this
+    // replaced failed both times. The cadence itself is tested on a simulated
+    // clock (tests/lifecycle.rs).
+    let want = (seconds / 30).max(1) as usize;
     for alg in ["RS384", "ES384"] {
         let n = kids.get(alg).map_or(0, HashSet::len);
         assert!(n > want, "{alg}: only {n} signing keys in {seconds} s");
