@@ -138,18 +138,19 @@ impl fmt::Debug for StoreUrl {
 
 /// Replaces the password of a URL's userinfo, and the value of any query
 /// parameter whose name contains "password", with `***`. Errs on the side
-/// of hiding: everything up to the last `@` before the query is userinfo.
+/// of hiding: everything up to the last `@` is userinfo, wherever a `?`,
+/// `/` or `#` stands before it. A host never holds an `@`, a password typed
+/// unencoded may hold any of them; a query value holding an `@` hides the
+/// host with it, which costs a message some detail and never a secret.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_owned();
     };
     let (head, rest) = url.split_at(scheme_end);
-    let query_at = rest.find('?').unwrap_or(rest.len());
-    let (before_query, query) = rest.split_at(query_at);
     let mut out = head.to_owned();
-    match before_query.rfind('@') {
+    let after_userinfo = match rest.rfind('@') {
         Some(at) => {
-            let (userinfo, host_and_path) = before_query.split_at(at);
+            let (userinfo, after) = rest.split_at(at);
             match userinfo.find(':') {
                 Some(colon) => {
                     out.push_str(&userinfo[..colon]);
@@ -157,10 +158,13 @@ pub fn redact_url(url: &str) -> String {
                 }
                 None => out.push_str(userinfo),
             }
-            out.push_str(host_and_path);
+            after
         }
-        None => out.push_str(before_query),
-    }
+        None => rest,
+    };
+    let query_at = after_userinfo.find('?').unwrap_or(after_userinfo.len());
+    let (host_and_path, query) = after_userinfo.split_at(query_at);
+    out.push_str(host_and_path);
     if let Some(params) = query.strip_prefix('?') {
         out.push('?');
         let redacted: Vec<String> = params
@@ -679,6 +683,22 @@ dir = "/etc/jwksd/policies"
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+        // A `?`, `#` or `/` in the password does not end the userinfo.
+        assert_eq!(
+            redact_url("postgres://u:p?ss@h:5432/db?sslmode=verify-full"),
+            "postgres://u:***@h:5432/db?sslmode=verify-full"
+        );
+        assert_eq!(
+            redact_url("postgres://u:a#b/c?d@e@h/db?password=x"),
+            "postgres://u:***@h/db?password=***"
+        );
+        // An `@` in a query value: more is hidden, never the secret shown.
+        let odd = redact_url("postgres://u:s3cr3t@h/db?application_name=a@b");
+        assert!(!odd.contains("s3cr3t"), "{odd}");
+        assert_eq!(
+            redact_url("postgres://h/db?application_name=a@b"),
+            "postgres://h/db?application_name=a@b"
+        );
     }
 
     #[test]
