@@ -109,20 +109,80 @@ pub async fn audit(cli: &Cli, cmd: &AuditCommand) -> anyhow::Result<ExitCode> {
                 if *json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
-                    println!(
-                        "{:>6} {} {:<8} {:<10} uid={} client={} kid={} {}",
-                        r["seq"],
-                        r["at"],
-                        r["action"].as_str().unwrap_or(""),
-                        r["outcome"].as_str().unwrap_or(""),
-                        r["uid"],
-                        r["client_id"].as_str().unwrap_or("-"),
-                        r["kid"].as_str().unwrap_or("-"),
-                        r["detail"].as_str().unwrap_or("")
-                    );
+                    println!("{}", audit_line(&r));
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// One audit record as a line of `audit tail`. Its text fields hold what
+/// callers sent (client_id, audience, detail), so control characters are
+/// shown escaped: a newline or a terminal escape in a refused request's
+/// client_id must not forge a line or repaint the operator's terminal.
+fn audit_line(r: &serde_json::Value) -> String {
+    let text = |field: &str, absent: &'static str| printable(r[field].as_str().unwrap_or(absent));
+    format!(
+        "{:>6} {} {:<8} {:<10} uid={} client={} kid={} {}",
+        // A JSON value ignores the width; its text does not.
+        r["seq"].to_string(),
+        r["at"],
+        text("action", ""),
+        text("outcome", ""),
+        r["uid"],
+        text("client_id", "-"),
+        text("kid", "-"),
+        text("detail", "")
+    )
+}
+
+/// `s` with control characters (C0, DEL, C1), the bidirectional overrides
+/// that reorder what a terminal shows, and the backslash escaped as Rust
+/// writes them (`\n`, `\u{1b}`, `\\`); anything else unchanged.
+fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || bidi || c == '\\' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_record_with_plain_text_prints_as_before() {
+        let r = json!({"seq": 7, "at": 1700000000, "action": "sign", "outcome": "ok",
+            "uid": 1000, "client_id": "app", "kid": "default-ES384-v1-abc", "detail": "aud https://ehr/token"});
+        assert_eq!(
+            audit_line(&r),
+            "     7 1700000000 sign     ok         uid=1000 client=app kid=default-ES384-v1-abc aud https://ehr/token"
+        );
+    }
+
+    #[test]
+    fn caller_text_cannot_forge_a_line_or_send_terminal_escapes() {
+        let forged = "x\n     8 1700000001 sign     ok         uid=0 client=admin";
+        let r = json!({"seq": 7, "at": 1700000000, "action": "sign", "outcome": "refused",
+            "uid": 4242, "client_id": forged, "detail": "\u{1b}[2J\u{1b}]0;owned\u{7}\r\u{202e}txt.exe\\n"});
+        let line = audit_line(&r);
+        assert!(
+            !line.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{line:?}"
+        );
+        assert!(line.contains("client=x\\n     8 1700000001"), "{line}");
+        assert!(
+            line.ends_with("\\u{1b}[2J\\u{1b}]0;owned\\u{7}\\r\\u{202e}txt.exe\\\\n"),
+            "{line}"
+        );
     }
 }
