@@ -49,7 +49,7 @@ rotate = "0 0 3 1 * *"      # 03:00 UTC on the 1st of every month
 publish_ahead = "2d"        # >= jwks_max_age
 grace = "7d"                # >= assertion_lifetime + jwks_max_age + clock_skew
 jwks_max_age = "1h"
-assertion_lifetime = "5m"
+assertion_lifetime = "4m"   # <= 5m; the default 4m leaves margin for a verifier's clock
 clock_skew = "1m"
 
 [[clients]]

@@ -38,6 +38,9 @@ pub fn policy_check(cli: &Cli, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
             for p in policies.iter() {
                 println!("ok: {} (set {}, {})", p.file.display(), p.name, p.schedule);
             }
+            for warning in policies.warnings() {
+                eprintln!("warning: {warning}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

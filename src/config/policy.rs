@@ -38,8 +38,11 @@ pub const DEFAULT_PUBLISH_AHEAD: Span = Span::from_secs(2 * 86_400);
 pub const DEFAULT_GRACE: Span = Span::from_secs(7 * 86_400);
 /// Default `jwks_max_age` (the `Cache-Control: max-age` of the JWKS): 1 hour.
 pub const DEFAULT_JWKS_MAX_AGE: Span = Span::from_secs(3600);
-/// Default `assertion_lifetime`: 5 minutes.
-pub const DEFAULT_ASSERTION_LIFETIME: Span = Span::from_secs(300);
+/// Default `assertion_lifetime`: 4 minutes. SMART and Epic refuse an `exp`
+/// more than 5 minutes ahead; at exactly 5 a verifier whose clock is a
+/// second behind ours refuses every assertion, so the default keeps a
+/// minute of margin (the 5-minute ceiling stays for those who want it).
+pub const DEFAULT_ASSERTION_LIFETIME: Span = Span::from_secs(240);
 /// Upper bound of `assertion_lifetime`: 5 minutes (SMART Backend Services).
 pub const MAX_ASSERTION_LIFETIME: Span = Span::from_secs(300);
 /// Default `clock_skew`: 1 minute.
@@ -190,7 +193,7 @@ pub struct Policy {
     pub grace: Span,
     /// `jwks_max_age`: default 1h; the JWKS `Cache-Control: max-age`.
     pub jwks_max_age: Span,
-    /// `assertion_lifetime`: default 5m; at most 5m.
+    /// `assertion_lifetime`: default 4m; at most 5m.
     pub assertion_lifetime: Span,
     /// `clock_skew`: default 1m; how far verifiers' clocks may be off.
     pub clock_skew: Span,
@@ -244,7 +247,39 @@ struct RawCaller {
     max_per_second: Option<i64>,
 }
 
+/// Below this `jwks_max_age`, `policy check` and `serve` warn: oidc-provider
+/// keeps a JWKS at least 60 s whatever `max-age` says (measured: a new kid
+/// refused for 61 s with `max-age=0`), so a shorter age promises verifiers
+/// a freshness some do not give.
+pub const WARN_JWKS_MAX_AGE_UNDER: Span = Span::from_secs(60);
+/// Below this `publish_ahead`, `policy check` and `serve` warn: verifiers
+/// cache a JWKS for minutes (PyJWKClient 5, jose 10) and refetch on an
+/// unknown kid at most every 30 s or so, so a key that signs sooner after
+/// it was published may be refused by one of them.
+pub const WARN_PUBLISH_AHEAD_UNDER: Span = Span::from_secs(300);
+
 impl Policy {
+    /// What is valid but risky with real verifiers, one line each naming
+    /// the file, the field, its value and why. Warnings, not refusals:
+    /// tests and labs run short policies on purpose.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let file = self.file.display();
+        if self.jwks_max_age < WARN_JWKS_MAX_AGE_UNDER {
+            out.push(format!(
+                "{file}: jwks_max_age = {}: under {WARN_JWKS_MAX_AGE_UNDER}; some verifiers (oidc-provider) keep a JWKS at least 60 s whatever max-age says",
+                self.jwks_max_age
+            ));
+        }
+        if self.publish_ahead < WARN_PUBLISH_AHEAD_UNDER {
+            out.push(format!(
+                "{file}: publish_ahead = {}: under {WARN_PUBLISH_AHEAD_UNDER}; verifiers cache a JWKS for minutes and may refuse a key that signs this soon after it is published",
+                self.publish_ahead
+            ));
+        }
+        out
+    }
+
     /// Reads and validates one policy file. Errors name `path` as given.
     pub fn load_file(path: &Path) -> Result<Policy, PolicyError> {
         let text = check::read(path, "policy")?;
@@ -745,6 +780,11 @@ impl Policies {
         self.sets.values()
     }
 
+    /// Every policy's [`Policy::warnings`], in set name order.
+    pub fn warnings(&self) -> Vec<String> {
+        self.iter().flat_map(|p| p.warnings()).collect()
+    }
+
     /// The policy defining `client_id` and that client's entry.
     pub fn find_client(&self, client_id: &str) -> Option<(&Arc<Policy>, &ClientPolicy)> {
         let policy = self.sets.get(self.clients.get(client_id)?)?;
@@ -814,7 +854,7 @@ mod tests {
         assert_eq!(p.publish_ahead.as_secs(), 2 * 86_400);
         assert_eq!(p.grace.as_secs(), 7 * 86_400);
         assert_eq!(p.jwks_max_age.as_secs(), 3600);
-        assert_eq!(p.assertion_lifetime.as_secs(), 300);
+        assert_eq!(p.assertion_lifetime.as_secs(), 240);
         assert_eq!(p.clock_skew.as_secs(), 60);
         assert!(p.clients.is_empty() && p.callers.is_empty());
     }
@@ -1062,13 +1102,40 @@ mod tests {
     }
 
     #[test]
+    fn a_short_max_age_or_publish_ahead_is_accepted_with_a_warning_naming_field_and_why() {
+        let short =
+            with("jwks_max_age = \"59s\"\npublish_ahead = \"4m59s\"\ngrace = \"1d\"\n").unwrap();
+        let warnings = short.warnings();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("policies/x.toml: jwks_max_age = 59s: under 1m; "),
+            "{}",
+            warnings[0]
+        );
+        assert!(warnings[0].contains("at least 60 s"), "{}", warnings[0]);
+        assert!(
+            warnings[1].starts_with("policies/x.toml: publish_ahead = 4m59s: under 5m; "),
+            "{}",
+            warnings[1]
+        );
+        let at_the_bounds =
+            with("jwks_max_age = \"1m\"\npublish_ahead = \"5m\"\ngrace = \"1d\"\n").unwrap();
+        assert_eq!(at_the_bounds.warnings(), Vec::<String>::new());
+        assert_eq!(
+            with("").unwrap().warnings(),
+            Vec::<String>::new(),
+            "the defaults"
+        );
+    }
+
+    #[test]
     fn grace_below_lifetime_plus_max_age_plus_skew_is_refused_showing_the_sum() {
         assert_eq!(
             message(with("grace = \"1h\"\n")),
-            "policies/x.toml: grace = 1h: must be >= assertion_lifetime + jwks_max_age + clock_skew (5m + 1h + 1m = 1h6m)"
+            "policies/x.toml: grace = 1h: must be >= assertion_lifetime + jwks_max_age + clock_skew (4m + 1h + 1m = 1h5m)"
         );
-        assert!(with("grace = \"1h6m\"\n").is_ok());
-        assert!(message(with("grace = \"1h5m59s\"\n")).contains("grace = 1h5m59s"));
+        assert!(with("grace = \"1h5m\"\n").is_ok());
+        assert!(message(with("grace = \"1h4m59s\"\n")).contains("grace = 1h4m59s"));
     }
 
     #[test]

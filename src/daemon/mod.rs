@@ -88,6 +88,9 @@ pub async fn run(
         parts.audit_spool.clone(),
         metrics.audit.clone(),
     );
+    for warning in parts.policies.warnings() {
+        tracing::warn!("{warning}");
+    }
     let policies = LivePolicies::new(parts.policies);
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let shared = Shared {

@@ -17,6 +17,9 @@ pub(super) async fn reload_policies(shared: &Shared, dir: &Path) {
             record.detail = Some(e.to_string());
         }
         Ok(new) => {
+            for warning in new.warnings() {
+                tracing::warn!("{warning}");
+            }
             shared.policies.replace(new);
             tracing::info!(dir = %dir.display(), "policies reloaded");
             if let Err(e) = shared.lifecycle.reschedule().await {
