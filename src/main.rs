@@ -11,6 +11,8 @@ fn main() -> ExitCode {
     // Everything the daemon creates (socket before its chmod, database,
     // key files) starts private to its user.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // Out of the environment while this is the only thread (see there).
+    let master_key_env = jwksd::keys::seal::take_master_key_env();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -23,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(jwksd::commands::run(cli)) {
+    match runtime.block_on(jwksd::commands::run(cli, master_key_env)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

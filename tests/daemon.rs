@@ -230,6 +230,17 @@ async fn every_refusal_has_the_json_error_shape_changes_nothing_and_is_audited()
             "request body",
         ),
         (
+            "bytes after the JSON value",
+            [
+                ok(json!({"client_id": "app", "audience": AUD})),
+                b" x".to_vec(),
+            ]
+            .concat(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "one JSON value and nothing after it",
+        ),
+        (
             "missing field",
             ok(json!({"client_id": "app"})),
             StatusCode::BAD_REQUEST,
@@ -300,11 +311,18 @@ async fn every_refusal_has_the_json_error_shape_changes_nothing_and_is_audited()
             "audience",
         ),
         (
-            "unknown set",
+            "unknown set (answered as a set that is not the client's)",
             ok(json!({"client_id": "app", "audience": AUD, "set": "nope"})),
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "nope",
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "does not belong to set \"nope\"",
+        ),
+        (
+            "client of another caller in an unknown set (the same 403)",
+            ok(json!({"client_id": "other-app", "audience": AUD, "set": "nope"})),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "client_id \"other-app\" is not allowed for this caller",
         ),
         (
             "body over 16 KiB",
@@ -326,6 +344,10 @@ async fn every_refusal_has_the_json_error_shape_changes_nothing_and_is_audited()
         assert!(
             message.contains(needle),
             "{what}: message {message:?} does not name {needle:?}"
+        );
+        assert!(
+            !message.contains(".toml"),
+            "{what}: an answer to a caller names no file: {message:?}"
         );
         assert_eq!(
             answer.as_object().unwrap().len(),
@@ -519,6 +541,45 @@ async fn jwks_is_cacheable_with_a_strong_etag_304_head_and_sorted_keys() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_key_from_the_environment_is_gone_from_proc_environ() {
+    // Spawned: the environment of a process is what is under test.
+    let tmp = tempfile::tempdir().unwrap();
+    write_files(tmp.path(), &policy(""));
+    let key_file = tmp.path().join("master.key");
+    let key = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    // The variable is the only source: no key file, none in the config.
+    std::fs::remove_file(&key_file).unwrap();
+    let config = tmp.path().join("jwksd.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let without = text.replace("[seal]\nmaster_key_file = \"master.key\"\n", "");
+    assert_ne!(without, text, "the test config names a key file");
+    std::fs::write(&config, without).unwrap();
+    let d = Daemon::spawn_in_with_env(tmp.path(), &[], &[("JWKSD_MASTER_KEY", &key)]);
+    d.ready().await;
+    d.settled().await;
+    d.assertion("RS384").await;
+    let environ = std::fs::read(format!("/proc/{}/environ", d.pid())).unwrap();
+    assert!(
+        !environ.windows(key.len()).any(|w| w == key.as_bytes()),
+        "the master key is readable in /proc/PID/environ"
+    );
+    // What stays of the entry is its name, its value overwritten.
+    let name = b"JWKSD_MASTER_KEY=";
+    for at in
+        (0..environ.len().saturating_sub(name.len())).filter(|&i| environ[i..].starts_with(name))
+    {
+        assert_eq!(
+            environ.get(at + name.len()),
+            Some(&0),
+            "JWKSD_MASTER_KEY keeps a value in /proc/PID/environ"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_holds_no_usable_private_key_and_the_log_no_key_material() {
     // Spawned: the log searched must be all a real daemon writes (its
     // stderr, from every thread), and the stop is SIGTERM.
@@ -703,6 +764,35 @@ async fn the_cli_signs_prints_the_served_jwks_and_lists_keys() {
 }
 
 #[test]
+fn policy_check_accepts_a_short_caching_policy_with_a_warning_naming_each_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.toml");
+    std::fs::write(
+        &short,
+        policy("")
+            .replace("jwks_max_age = \"1h\"", "jwks_max_age = \"30s\"")
+            .replace("publish_ahead = \"2d\"", "publish_ahead = \"1m\""),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["policy", "check"])
+        .arg(&short)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "a warning is not a refusal: {err}");
+    for field in [
+        "jwks_max_age = 30s: under 1m",
+        "publish_ahead = 1m: under 5m",
+    ] {
+        assert!(
+            err.contains(&format!("warning: {}: {field}; ", short.display())),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn policy_check_accepts_the_example_and_names_file_field_and_rule_of_a_bad_one() {
     let out = std::process::Command::new(BIN)
         .args(["policy", "check", "policies/default.toml"])
@@ -712,6 +802,10 @@ fn policy_check_accepts_the_example_and_names_file_field_and_rule_of_a_bad_one()
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "the example policy is one to copy: no warning"
     );
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");

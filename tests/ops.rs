@@ -177,6 +177,24 @@ async fn log_format_json_prints_one_json_object_per_line() {
         }
     }
     assert_eq!(refused, 1, "one log event per refusal");
+    // stdout too: the banner is one object shaped like the log's lines.
+    let printed = d.stdout_lines();
+    assert!(!printed.is_empty(), "the banner is printed");
+    for line in &printed {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("stdout line not JSON ({e}): {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+    }
+    let banner: serde_json::Value = serde_json::from_str(&printed[0]).unwrap();
+    assert_eq!(banner["fields"]["message"], "jwksd listening");
+    assert_eq!(banner["fields"]["public"], d.public.to_string());
+    assert_eq!(
+        banner["fields"]["jwks_urls"][0], "http://127.0.0.1:8080/.well-known/jwks.json",
+        "the URL to register: server.public_url's"
+    );
 }
 
 /// Runs `jwksd audit verify` against the daemon; (exit ok, stdout+stderr).

@@ -15,11 +15,12 @@ mod simulate;
 use std::process::ExitCode;
 
 use crate::cli::{Cli, Command, PolicyCommand, SealCommand};
+use zeroize::Zeroizing;
 
 /// Runs the command `cli` names; `Ok` carries the exit code.
-pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub async fn run(cli: Cli, master_key_env: Option<Zeroizing<Vec<u8>>>) -> anyhow::Result<ExitCode> {
     match &cli.command {
-        Command::Serve { allow_root } => serve::run(&cli, *allow_root).await,
+        Command::Serve { allow_root } => serve::run(&cli, *allow_root, master_key_env).await,
         Command::Init { dir } => {
             let report = init::run(dir)?;
             for p in &report.written {

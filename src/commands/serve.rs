@@ -7,20 +7,30 @@ use std::process::ExitCode;
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
 
 use super::locate::load_config;
-use crate::cli::Cli;
+use crate::cli::{Cli, LogFormat};
 use crate::config::policy::Policies;
 use crate::daemon::{Listeners, Parts};
 use crate::http::paths::DEFAULT_SET_PATH;
 
-pub(super) async fn run(cli: &Cli, allow_root: bool) -> anyhow::Result<ExitCode> {
+/// `master_key_env`: the value `JWKSD_MASTER_KEY` had, taken out of the
+/// environment by `main` before any thread started.
+pub(super) async fn run(
+    cli: &Cli,
+    allow_root: bool,
+    master_key_env: Option<Zeroizing<Vec<u8>>>,
+) -> anyhow::Result<ExitCode> {
     crate::daemon::hygiene::check_user(allow_root)?;
     crate::daemon::hygiene::harden();
     let config = load_config(cli)?;
     let policies = Policies::load_dir(&config.policies_dir)?;
-    let master = crate::keys::seal::MasterKey::load(config.master_key_file.as_deref())
-        .context("cannot load the master key ([seal] master_key_file or JWKSD_MASTER_KEY)")?;
+    let master = crate::keys::seal::MasterKey::load(
+        master_key_env.as_deref().map(Vec::as_slice),
+        config.master_key_file.as_deref(),
+    )
+    .context("cannot load the master key ([seal] master_key_file or JWKSD_MASTER_KEY)")?;
     let parts = Parts::from_config(&config, policies, master).await?;
     let socket_path = match &cli.socket {
         Some(p) => p.clone(),
@@ -39,22 +49,25 @@ pub(super) async fn run(cli: &Cli, allow_root: bool) -> anyhow::Result<ExitCode>
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
     spawn_signal_handlers(shutdown.clone(), reload_tx)?;
 
-    println!(
-        "jwksd listening public={public_addr} admin={} socket={}",
-        admin_addr.map_or("off".to_owned(), |a| a.to_string()),
-        socket_path.display()
-    );
-    println!("  JWKS URL:   {}{DEFAULT_SET_PATH}", public_url.as_str());
-    for p in parts
-        .policies
-        .iter()
-        .filter(|p| p.name.as_str() != "default")
-    {
-        println!("  JWKS URL:   {}", public_url.jwks_url(&p.name));
-    }
-    println!("  socket:     {}", socket_path.display());
-    if let Some(a) = admin_addr {
-        println!("  admin:      http://{a}/readyz  http://{a}/metrics");
+    let jwks_urls: Vec<String> =
+        std::iter::once(format!("{}{DEFAULT_SET_PATH}", public_url.as_str()))
+            .chain(
+                parts
+                    .policies
+                    .iter()
+                    .filter(|p| p.name.as_str() != "default")
+                    .map(|p| public_url.jwks_url(&p.name)),
+            )
+            .collect();
+    let banner = Banner {
+        public: public_addr,
+        admin: admin_addr,
+        socket: socket_path,
+        jwks_urls: &jwks_urls,
+    };
+    match cli.log_format {
+        LogFormat::Human => banner.print_text(),
+        LogFormat::Json => println!("{}", banner.json()),
     }
     tracing::info!(store = %config.store, policies = parts.policies.len(), "starting");
 
@@ -79,4 +92,49 @@ fn spawn_signal_handlers(
         }
     });
     Ok(())
+}
+
+/// What `serve` prints on stdout once it listens: where it listens and the
+/// JWKS URLs to register. Scripts (and the tests) read the first line.
+struct Banner<'a> {
+    public: std::net::SocketAddr,
+    admin: Option<std::net::SocketAddr>,
+    socket: &'a std::path::Path,
+    jwks_urls: &'a [String],
+}
+
+impl Banner<'_> {
+    fn print_text(&self) {
+        println!(
+            "jwksd listening public={} admin={} socket={}",
+            self.public,
+            self.admin.map_or("off".to_owned(), |a| a.to_string()),
+            self.socket.display()
+        );
+        for url in self.jwks_urls {
+            println!("  JWKS URL:   {url}");
+        }
+        println!("  socket:     {}", self.socket.display());
+        if let Some(a) = self.admin {
+            println!("  admin:      http://{a}/readyz  http://{a}/metrics");
+        }
+    }
+
+    /// With `--log-format json` every line the daemon writes is one JSON
+    /// object: the banner is one line shaped like the log's
+    /// (`timestamp`, `level`, `fields.message`, `target`).
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "level": "INFO",
+            "fields": {
+                "message": "jwksd listening",
+                "public": self.public.to_string(),
+                "admin": self.admin.map(|a| a.to_string()),
+                "socket": self.socket.display().to_string(),
+                "jwks_urls": self.jwks_urls,
+            },
+            "target": "jwksd::serve",
+        })
+    }
 }

@@ -169,6 +169,32 @@ pub struct MasterKey {
     key: SecretBytes,
 }
 
+/// Takes `JWKSD_MASTER_KEY` out of this process's environment and returns
+/// its value. The variable is removed, so commands and children do not see
+/// it, and its bytes in the environment block the kernel shows in
+/// `/proc/PID/environ` (the process's initial stack, which removing a
+/// variable leaves as it is) are overwritten first.
+///
+/// Call it before any other thread starts: the environment has no lock
+/// that threads reading it (getenv in C libraries) would take.
+pub fn take_master_key_env() -> Option<Zeroizing<Vec<u8>>> {
+    let value = Zeroizing::new(std::env::var_os(MASTER_KEY_ENV)?.into_vec());
+    let name = std::ffi::CString::new(MASTER_KEY_ENV).expect("a constant without NUL");
+    // SAFETY: `main` calls this before the runtime or any other thread
+    // exists, so nothing reads or changes the environment meanwhile.
+    // `getenv` returns the value's bytes where they stand (in the initial
+    // block for a variable the process was started with), NUL-terminated;
+    // they are overwritten within their length, then the variable removed.
+    unsafe {
+        let at = libc::getenv(name.as_ptr());
+        if !at.is_null() {
+            std::ptr::write_bytes(at, 0, libc::strlen(at));
+        }
+        std::env::remove_var(MASTER_KEY_ENV);
+    }
+    Some(value)
+}
+
 impl MasterKey {
     /// Parses the base64 text of a master key: standard alphabet, padding
     /// optional, surrounding whitespace ignored; it must decode to exactly
@@ -235,19 +261,17 @@ impl MasterKey {
         Self::parse(text, &origin)
     }
 
-    /// The master key from `JWKSD_MASTER_KEY` if that is set (even to an
-    /// invalid value, which is an error rather than a silent fallback), else
-    /// from `file`; [`SealError::Missing`] if neither.
+    /// The master key from `env` (the `JWKSD_MASTER_KEY` value that
+    /// [`take_master_key_env`] took) if that is set, even to an invalid
+    /// value, which is an error rather than a silent fallback; else from
+    /// `file`; [`SealError::Missing`] if neither.
     ///
     /// Prefer the file: an environment variable is visible to anything that
-    /// can read this process's environment.
-    pub fn load(file: Option<&Path>) -> Result<Self, SealError> {
-        let env = std::env::var_os(MASTER_KEY_ENV).map(|v| Zeroizing::new(v.into_vec()));
-        Self::load_from(env.as_deref().map(Vec::as_slice), file)
+    /// can read this process's environment until it is taken.
+    pub fn load(env: Option<&[u8]>, file: Option<&Path>) -> Result<Self, SealError> {
+        Self::load_from(env, file)
     }
 
-    /// [`MasterKey::load`] with the environment value passed in, so the
-    /// choice is testable without touching the process environment.
     fn load_from(env: Option<&[u8]>, file: Option<&Path>) -> Result<Self, SealError> {
         match (env, file) {
             (Some(value), _) => {

@@ -4,9 +4,11 @@
 //! body, the signers and the audit trail.
 //!
 //! The order of the checks is part of the contract: a caller that no policy
-//! lists learns nothing, and an unknown client gets the same answer as a
-//! known client this caller may not use, so the socket never tells who else
-//! is configured.
+//! lists learns nothing; a client this caller may not use gets one 403,
+//! the same whether the client exists or not and before anything else of
+//! the request (its set) is looked at; a set other than the client's gets
+//! one 403 whether that set exists or not; and no answer names a file. So
+//! the socket never tells a caller who else is configured.
 
 use std::sync::Arc;
 
@@ -39,8 +41,10 @@ pub struct SignGrant<'p> {
 }
 
 /// A refused signature: the answer, and the set of the client once the
-/// refusal comes after the client was found (metrics label refusals with
-/// it; a name taken from the request would let callers mint label values).
+/// refusal comes after the caller was found allowed for that client
+/// (metrics label refusals with it; a name taken from the request would let
+/// callers mint label values, and a refusal of a client the caller may not
+/// use is counted as `unknown`, not under that client).
 #[derive(Debug)]
 pub struct Refusal {
     pub error: ApiError,
@@ -68,8 +72,14 @@ pub fn authorize_signature<'p>(
             peer.uid, peer.gid
         ))));
     }
+    let allowed = |policy: &Policy| {
+        grants
+            .iter()
+            .any(|(p, c)| p.name == policy.name && c.clients.contains(&req.client_id))
+    };
     let (policy, client) = policies
         .find_client(&req.client_id)
+        .filter(|(policy, _)| allowed(policy))
         .ok_or_else(|| refuse(not_allowed()))?;
     let refuse = |error: ApiError| Refusal {
         error,
@@ -78,11 +88,6 @@ pub fn authorize_signature<'p>(
     if let Some(set) = &req.set {
         let name =
             SetName::new(set).map_err(|e| refuse(ApiError::bad_request(format!("set: {e}"))))?;
-        if policies.get(&name).is_none() {
-            return Err(refuse(ApiError::not_found(format!(
-                "set: no key set named {set:?}"
-            ))));
-        }
         if name != policy.name {
             return Err(refuse(ApiError::forbidden(format!(
                 "client_id {:?} does not belong to set {set:?}",
@@ -90,18 +95,10 @@ pub fn authorize_signature<'p>(
             ))));
         }
     }
-    let allowed = grants
-        .iter()
-        .any(|(p, c)| p.name == policy.name && c.clients.contains(&req.client_id));
-    if !allowed {
-        return Err(refuse(not_allowed()));
-    }
     if !client.audiences.iter().any(|a| a == &req.audience) {
         return Err(refuse(ApiError::forbidden(format!(
-            "audience {:?} is not allowed for client_id {:?} (policy {}: clients.audiences)",
-            req.audience,
-            req.client_id,
-            policy.file.display()
+            "audience {:?} is not allowed for client_id {:?} (clients.audiences of set {})",
+            req.audience, req.client_id, policy.name
         ))));
     }
     let alg = match &req.alg {
@@ -289,13 +286,39 @@ mod tests {
                 ),
             ),
             (
-                "known client of another caller",
+                "known client of another caller: counted as unknown",
                 UID,
                 request("partner-app", "https://partner.example.com/token"),
                 Refused(
                     StatusCode::FORBIDDEN,
-                    Some("partner"),
+                    None,
                     "client_id \"partner-app\" is not allowed for this caller (uid 4100, gid 100)",
+                ),
+            ),
+            (
+                "known client of another caller, an unknown set named: the same 403",
+                UID,
+                SignRequest {
+                    set: Some("nope".into()),
+                    ..request("partner-app", "https://partner.example.com/token")
+                },
+                Refused(
+                    StatusCode::FORBIDDEN,
+                    None,
+                    "client_id \"partner-app\" is not allowed for this caller (uid 4100, gid 100)",
+                ),
+            ),
+            (
+                "unknown client, an unknown set named: the same 403",
+                UID,
+                SignRequest {
+                    set: Some("nope".into()),
+                    ..request("nobody", AUD)
+                },
+                Refused(
+                    StatusCode::FORBIDDEN,
+                    None,
+                    "client_id \"nobody\" is not allowed for this caller (uid 4100, gid 100)",
                 ),
             ),
             (
@@ -305,13 +328,13 @@ mod tests {
                 Refused(StatusCode::BAD_REQUEST, Some("default"), "set: "),
             ),
             (
-                "set unknown",
+                "set unknown: as a set that exists but is not the client's",
                 UID,
                 with(|r| r.set = Some("nope".into())),
                 Refused(
-                    StatusCode::NOT_FOUND,
+                    StatusCode::FORBIDDEN,
                     Some("default"),
-                    "set: no key set named \"nope\"",
+                    "client_id \"app\" does not belong to set \"nope\"",
                 ),
             ),
             (
@@ -369,6 +392,10 @@ mod tests {
         ];
         for (name, uid, req, want) in table {
             let (got, message) = decide(uid, &req);
+            assert!(
+                !message.contains(".toml"),
+                "{name}: a file named: {message}"
+            );
             match (&want, &got) {
                 (Refused(ws, wset, wmsg), Refused(gs, gset, _)) => {
                     assert_eq!((ws, wset), (gs, gset), "{name}: {message}");

@@ -14,6 +14,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -85,6 +86,9 @@ pub struct Daemon {
     pub admin: SocketAddr,
     pub socket: PathBuf,
     pub config: PathBuf,
+    /// What a spawned daemon printed on stdout so far, line by line (empty
+    /// for a daemon in this process).
+    stdout: Arc<Mutex<Vec<String>>>,
 }
 
 /// How a daemon runs, until it is stopped or killed.
@@ -114,6 +118,7 @@ impl Daemon {
             admin: bound.admin,
             socket: bound.socket,
             config,
+            stdout: Arc::default(),
         }
     }
 
@@ -145,30 +150,43 @@ impl Daemon {
             .arg(&config)
             .args(allow_root())
             .args(args)
+            .env_remove("JWKSD_MASTER_KEY")
             .envs(env.iter().copied())
             .env("RUST_LOG", in_process::LOG_FILTER)
-            .env_remove("JWKSD_MASTER_KEY")
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let printed: Arc<Mutex<Vec<String>>> = Arc::default();
+        let keep = printed.clone();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             if let Some(Ok(line)) = lines.next() {
+                keep.lock().unwrap().push(line.clone());
                 let _ = tx.send(line);
             }
-            for _ in lines {}
+            for line in lines.map_while(Result::ok) {
+                keep.lock().unwrap().push(line);
+            }
         });
         let line = rx
             .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("daemon did not start: {}", read_log(dir)));
+        // The first line says where it listens: `public=ADDR admin=ADDR
+        // socket=PATH`, or with --log-format json one object with those
+        // fields.
+        let json: Option<serde_json::Value> = serde_json::from_str(&line).ok();
         let field = |name: &str| -> String {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{name}=")))
-                .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
-                .to_owned()
+            match &json {
+                Some(v) => v["fields"][name].as_str().map(str::to_owned),
+                None => line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                    .map(str::to_owned),
+            }
+            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
         };
         Daemon {
             dir: dir.to_path_buf(),
@@ -178,6 +196,7 @@ impl Daemon {
             admin: field("admin").parse().unwrap(),
             socket: PathBuf::from(field("socket")),
             config,
+            stdout: printed,
         }
     }
 
@@ -240,6 +259,11 @@ impl Daemon {
 
     pub fn log(&self) -> String {
         read_log(&self.dir)
+    }
+
+    /// What a spawned daemon printed on stdout so far, line by line.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
     }
 
     /// SIGKILL: no cleanup at all, as after a crash. Needs a process.
