@@ -69,6 +69,10 @@ pub enum KeyringError {
     Jwk { kid: String, reason: String },
     #[error("key {kid}: cannot unseal its private half: {reason}")]
     Unseal { kid: String, reason: String },
+    #[error(
+        "key {kid}: its private half does not match the public JWK stored for it; not signing with it (was the store altered?)"
+    )]
+    Mismatch { kid: String },
 }
 
 /// The swappable snapshot, and where it is rebuilt from.
@@ -198,7 +202,27 @@ fn unseal(k: &StoredKey, master: &MasterKey) -> Result<SigningKey, KeyringError>
     let pkcs8 = master
         .open(&k.kid, sealed)
         .map_err(|e| err(e.to_string()))?;
-    SigningKey::from_pkcs8(k.alg, k.kid.clone(), &pkcs8).map_err(|e| err(e.to_string()))
+    let signer =
+        SigningKey::from_pkcs8(k.alg, k.kid.clone(), &pkcs8).map_err(|e| err(e.to_string()))?;
+    // Verifiers check signatures against the JWK published under this kid:
+    // a private half that does not match it (a row written by hand, a
+    // swapped blob) would sign assertions that no verifier accepts, or that
+    // one accepts against a key nobody meant to publish.
+    let own = Jwk::from_public(&k.kid, k.alg, signer.public());
+    if !same_key(&own, &parse_jwk(k)?) {
+        return Err(KeyringError::Mismatch {
+            kid: k.kid.to_string(),
+        });
+    }
+    Ok(signer)
+}
+
+/// Whether two JWKs carry the same key under the same kid. Only the key
+/// material and the kid count: descriptive members (`use`, `alg`) may be
+/// written differently by an older version for the same key.
+fn same_key(a: &Jwk, b: &Jwk) -> bool {
+    (&a.kid, &a.kty, &a.n, &a.e, &a.crv, &a.x, &a.y)
+        == (&b.kid, &b.kty, &b.n, &b.e, &b.crv, &b.x, &b.y)
 }
 
 /// The JWKS of `set` exactly as the HTTP endpoint serves it, read straight
@@ -215,4 +239,67 @@ pub async fn published_jwks(
         jwks.push(parse_jwk(&k)?);
     }
     Ok((!jwks.is_empty()).then(|| encode_jwks(&jwks)))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+
+    use super::*;
+    use crate::keys::source::{AwsLcKeys, KeySource};
+    use crate::types::Kid;
+
+    /// A stored active ES384 key: `private` sealed, `public`'s JWK published.
+    fn stored(master: &MasterKey, kid: &Kid, private: &SecretKey, public: &SecretKey) -> StoredKey {
+        let t = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        let jwk = Jwk::from_public(kid, Alg::Es384, &public.public);
+        StoredKey {
+            set: SetName::new("default").unwrap(),
+            alg: Alg::Es384,
+            kid: kid.clone(),
+            version: 1,
+            state: KeyState::Active,
+            public_jwk: serde_json::to_string(&jwk).unwrap(),
+            sealed_private: Some(master.seal(kid, &private.pkcs8).unwrap()),
+            created_at: t,
+            publish_at: t,
+            activate_at: Some(t),
+            deactivate_at: None,
+            retire_at: None,
+            emergency: false,
+        }
+    }
+
+    type SecretKey = crate::keys::GeneratedKey;
+
+    #[test]
+    fn a_private_half_is_used_only_under_the_jwk_of_its_own_public_half() {
+        let (master, _) = MasterKey::generate().unwrap();
+        let kid = Kid::from_stored("default-es384-v1-0123abcd");
+        let (a, b) = (
+            AwsLcKeys.generate(Alg::Es384, 0).unwrap(),
+            AwsLcKeys.generate(Alg::Es384, 0).unwrap(),
+        );
+        let signer = unseal(&stored(&master, &kid, &a, &a), &master).unwrap();
+        assert_eq!(signer.kid(), &kid);
+        let err = unseal(&stored(&master, &kid, &a, &b), &master).unwrap_err();
+        assert!(matches!(err, KeyringError::Mismatch { .. }), "{err}");
+        assert!(
+            err.to_string().contains("does not match the public JWK"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn descriptive_members_written_otherwise_do_not_count_as_another_key() {
+        let kid = Kid::from_stored("default-es384-v1-0123abcd");
+        let a = AwsLcKeys.generate(Alg::Es384, 0).unwrap();
+        let jwk = Jwk::from_public(&kid, Alg::Es384, &a.public);
+        let mut older = jwk.clone();
+        older.use_ = String::new();
+        assert!(same_key(&jwk, &older));
+        let mut other_kid = jwk.clone();
+        other_kid.kid.push('x');
+        assert!(!same_key(&jwk, &other_kid));
+    }
 }
