@@ -149,7 +149,7 @@ fn build(
             if !k.state.is_published() {
                 continue;
             }
-            jwks.push(parse_jwk(k)?);
+            let jwk = parse_jwk(k)?;
             if k.state == KeyState::Active && policy.algorithms.contains(&k.alg) {
                 let reused = old
                     .sets
@@ -159,10 +159,11 @@ fn build(
                     .cloned();
                 let signer = match reused {
                     Some(s) => s,
-                    None => Arc::new(unseal(k, master)?),
+                    None => Arc::new(unseal(k, &jwk, master)?),
                 };
                 signers.insert(k.alg, signer);
             }
+            jwks.push(jwk);
         }
         let jwks = (!jwks.is_empty()).then(|| encode_jwks(&jwks));
         let headers = jwks
@@ -190,7 +191,9 @@ fn parse_jwk(k: &StoredKey) -> Result<Jwk, KeyringError> {
     })
 }
 
-fn unseal(k: &StoredKey, master: &MasterKey) -> Result<SigningKey, KeyringError> {
+/// The signing key of `k`, which publishes `published` (its parsed
+/// `public_jwk`).
+fn unseal(k: &StoredKey, published: &Jwk, master: &MasterKey) -> Result<SigningKey, KeyringError> {
     let err = |reason: String| KeyringError::Unseal {
         kid: k.kid.to_string(),
         reason,
@@ -209,7 +212,7 @@ fn unseal(k: &StoredKey, master: &MasterKey) -> Result<SigningKey, KeyringError>
     // swapped blob) would sign assertions that no verifier accepts, or that
     // one accepts against a key nobody meant to publish.
     let own = Jwk::from_public(&k.kid, k.alg, signer.public());
-    if !same_key(&own, &parse_jwk(k)?) {
+    if !same_key(&own, published) {
         return Err(KeyringError::Mismatch {
             kid: k.kid.to_string(),
         });
@@ -280,9 +283,11 @@ mod tests {
             AwsLcKeys.generate(Alg::Es384, 0).unwrap(),
             AwsLcKeys.generate(Alg::Es384, 0).unwrap(),
         );
-        let signer = unseal(&stored(&master, &kid, &a, &a), &master).unwrap();
+        let matching = stored(&master, &kid, &a, &a);
+        let signer = unseal(&matching, &parse_jwk(&matching).unwrap(), &master).unwrap();
         assert_eq!(signer.kid(), &kid);
-        let err = unseal(&stored(&master, &kid, &a, &b), &master).unwrap_err();
+        let swapped = stored(&master, &kid, &a, &b);
+        let err = unseal(&swapped, &parse_jwk(&swapped).unwrap(), &master).unwrap_err();
         assert!(matches!(err, KeyringError::Mismatch { .. }), "{err}");
         assert!(
             err.to_string().contains("does not match the public JWK"),

@@ -269,10 +269,6 @@ impl MasterKey {
     /// Prefer the file: an environment variable is visible to anything that
     /// can read this process's environment until it is taken.
     pub fn load(env: Option<&[u8]>, file: Option<&Path>) -> Result<Self, SealError> {
-        Self::load_from(env, file)
-    }
-
-    fn load_from(env: Option<&[u8]>, file: Option<&Path>) -> Result<Self, SealError> {
         match (env, file) {
             (Some(value), _) => {
                 let text = std::str::from_utf8(value).map_err(|_| SealError::NotBase64 {
@@ -668,19 +664,19 @@ mod tests {
         let path = write_key_file(dir.path(), "k", &STANDARD.encode(from_file), 0o600);
         let env = STANDARD.encode(from_env);
 
-        let key = MasterKey::load_from(Some(env.as_bytes()), Some(&path)).unwrap();
+        let key = MasterKey::load(Some(env.as_bytes()), Some(&path)).unwrap();
         assert_eq!(key.fingerprint(), key_from(from_env).fingerprint());
-        let key = MasterKey::load_from(None, Some(&path)).unwrap();
+        let key = MasterKey::load(None, Some(&path)).unwrap();
         assert_eq!(key.fingerprint(), key_from(from_file).fingerprint());
         assert!(matches!(
-            MasterKey::load_from(None, None),
+            MasterKey::load(None, None),
             Err(SealError::Missing)
         ));
 
         // A bad env value is an error, not a silent fallback to the file.
-        let err = MasterKey::load_from(Some(b"short"), Some(&path)).unwrap_err();
+        let err = MasterKey::load(Some(b"short"), Some(&path)).unwrap_err();
         assert!(err.to_string().starts_with(MASTER_KEY_ENV), "{err}");
-        let err = MasterKey::load_from(Some(&[0xff, 0xfe]), None).unwrap_err();
+        let err = MasterKey::load(Some(&[0xff, 0xfe]), None).unwrap_err();
         assert!(matches!(err, SealError::NotBase64 { .. }));
     }
 
