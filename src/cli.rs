@@ -76,12 +76,15 @@ pub enum KeysCommand {
         json: bool,
     },
     /// Schedule the next rotation as early as allowed, or with --now activate it at once.
+    /// Without --alg, every algorithm of the set rotates.
     Rotate {
         #[arg(long)]
         set: String,
+        /// RS384 or ES384: rotate only this algorithm (default: every algorithm of the set).
         #[arg(long)]
         alg: Option<String>,
-        /// Activate the pending key now, skipping pre-publication.
+        /// Activate the pending key now, skipping pre-publication; the answer says
+        /// until when verifiers with a cached JWKS may refuse the new signer.
         #[arg(long)]
         now: bool,
     },

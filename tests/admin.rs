@@ -102,6 +102,64 @@ async fn rotate_now_activates_the_pending_key_and_publishes_a_new_successor() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_now_without_alg_rotates_every_algorithm_and_says_until_when_caches_may_refuse() {
+    let d = started().await;
+    let (_, before) = d.socket_json(Method::GET, "/v1/keys", None).await;
+    let (status, answer) = d
+        .socket_json(
+            Method::POST,
+            "/v1/admin/rotate",
+            Some(json!({"set": "default", "now": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let outcomes = answer.as_array().expect("one outcome per algorithm");
+    let algs: Vec<&str> = outcomes
+        .iter()
+        .map(|o| o["alg"].as_str().unwrap())
+        .collect();
+    assert_eq!(algs, ["RS384", "ES384"], "{answer}");
+    for o in outcomes {
+        let alg = o["alg"].as_str().unwrap();
+        assert_eq!(o["activated"], key(&before, alg, "pending").unwrap()["kid"]);
+        assert_eq!(
+            o["deactivated"],
+            key(&before, alg, "active").unwrap()["kid"]
+        );
+        // The new signer was published when the daemon started, seconds
+        // ago: a verifier that cached the JWKS just before may refuse it
+        // for jwks_max_age (1h) after its publication.
+        let h = &o["handover"];
+        assert_eq!(h["kid"], o["activated"], "{o}");
+        let published = ts(&h["published_at"]);
+        assert_eq!(
+            ts(&h["caches_may_refuse_until"]) - published,
+            chrono::Duration::hours(1),
+            "{o}"
+        );
+        assert!(h["published_s_ago"].as_i64().unwrap() < 600, "{o}");
+        // Both signers changed: assertions carry the new kids.
+        assert_eq!(d.assertion(alg).await["kid"], o["activated"]);
+    }
+    assert!(
+        d.log().contains("may refuse its assertions until"),
+        "the hand-over is logged"
+    );
+    // Revoking the new RS384 signer hands over again, to a key published
+    // moments ago: the answer says so.
+    let rs = outcomes[0]["activated"].as_str().unwrap();
+    let (status, answer) = d
+        .socket_json(Method::POST, "/v1/admin/revoke", Some(json!({"kid": rs})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["handover"]["kid"], answer["activated"], "{answer}");
+    assert!(
+        answer["handover"]["caches_may_refuse_until"].is_string(),
+        "{answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_without_now_schedules_the_earliest_activation_rule_1_allows() {
     let d = started().await;
     let (status, answer) = d
@@ -141,9 +199,11 @@ async fn revoking_the_active_key_removes_it_at_once_and_hands_over_to_its_succes
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(
-        answer,
-        json!({"kid": active, "state": "revoked", "activated": pending})
+        (&answer["kid"], &answer["state"], &answer["activated"]),
+        (&json!(active), &json!("revoked"), &json!(pending)),
+        "{answer}"
     );
+    assert_eq!(answer["handover"]["kid"], json!(pending), "{answer}");
     // Out of this replica's JWKS by the time the answer came.
     let (_, _, jwks) = d.jwks().await;
     let kids = kids_in(&jwks);

@@ -983,8 +983,12 @@ fn rotate_without_now_moves_the_pending_key_forward_but_keeps_publish_ahead() {
         let sim = ops_sim().await;
         let set = jwksd::types::SetName::new("ops").unwrap();
         sim.clock.set(utc("2026-01-01T12:00:00Z"));
-        let (out, _) = sim.executor.rotate(&set, None, false).await.unwrap();
+        let (outs, _) = sim.executor.rotate(&set, None, false).await.unwrap();
+        let [out] = &outs[..] else {
+            panic!("one algorithm, one outcome: {outs:?}")
+        };
         assert_eq!(out.activated, None);
+        assert_eq!(out.handover, None, "nothing activated, nothing handed over");
         let keys = sim.keys().await.unwrap();
         // Published at 00:00 on Jan 1: signs no earlier than Jan 3 00:00.
         assert_eq!(keys[1].activate_at, Some(utc("2026-01-03T00:00:00Z")));
@@ -1013,9 +1017,25 @@ fn rotate_now_activates_the_pending_key_at_once_and_generates_its_successor() {
         let set = jwksd::types::SetName::new("ops").unwrap();
         let now = utc("2026-01-01T00:00:10Z");
         sim.clock.set(now);
-        let (out, events) = sim.executor.rotate(&set, None, true).await.unwrap();
+        let (outs, events) = sim.executor.rotate(&set, None, true).await.unwrap();
+        let [out] = &outs[..] else {
+            panic!("one algorithm, one outcome: {outs:?}")
+        };
         let keys = sim.keys().await.unwrap();
         assert_eq!(out.activated.as_ref(), Some(&keys[1].kid));
+        // v2 was published at bootstrap, 10 s ago: a verifier that cached
+        // the JWKS just before may refuse it for jwks_max_age (1h).
+        let handover = out
+            .handover
+            .as_ref()
+            .expect("rotate --now reports its hand-over");
+        assert_eq!(handover.kid, keys[1].kid);
+        assert_eq!(handover.published_at, utc("2026-01-01T00:00:00Z"));
+        assert_eq!(handover.published_s_ago, 10);
+        assert_eq!(
+            handover.caches_may_refuse_until,
+            Some(utc("2026-01-01T01:00:00Z"))
+        );
         assert_eq!(out.deactivated.as_ref(), Some(&keys[0].kid));
         assert_eq!(out.pending.as_ref(), Some(&keys[2].kid));
         assert_eq!(
@@ -1041,6 +1061,50 @@ fn rotate_now_activates_the_pending_key_at_once_and_generates_its_successor() {
 }
 
 #[test]
+fn rotate_now_without_alg_rotates_every_algorithm_of_the_set() {
+    runtime().block_on(async {
+        let text = MONTHLY_RS.replace(r#"["RS384"]"#, r#"["RS384", "ES384"]"#);
+        let policy = Policy::from_toml(Path::new("ops.toml"), &text).unwrap();
+        let sim = Simulation::new(policy, utc("2026-01-01T00:00:00Z"))
+            .await
+            .unwrap();
+        sim.tick().await.unwrap();
+        let set = jwksd::types::SetName::new("ops").unwrap();
+        sim.clock.set(utc("2026-01-01T00:00:30Z"));
+        let (outs, _) = sim.executor.rotate(&set, None, true).await.unwrap();
+        let algs: Vec<Alg> = outs.iter().map(|o| o.alg).collect();
+        assert_eq!(algs, [Alg::Rs384, Alg::Es384], "every alg, in policy order");
+        let keys = sim.keys().await.unwrap();
+        for out in &outs {
+            let signer = keys
+                .iter()
+                .find(|k| k.alg == out.alg && k.state == KeyState::Active)
+                .unwrap();
+            assert_eq!(out.activated.as_ref(), Some(&signer.kid), "{out:?}");
+            assert_eq!(signer.version, 2, "{out:?}");
+            assert!(signer.emergency);
+            assert_eq!(out.handover.as_ref().unwrap().published_s_ago, 30);
+        }
+        // With --alg, only that one.
+        let (outs, _) = sim
+            .executor
+            .rotate(&set, Some(Alg::Es384), true)
+            .await
+            .unwrap();
+        assert_eq!(outs.len(), 1);
+        assert_eq!(outs[0].alg, Alg::Es384);
+        let keys = sim.keys().await.unwrap();
+        let active: Vec<(Alg, u32)> = keys
+            .iter()
+            .filter(|k| k.state == KeyState::Active)
+            .map(|k| (k.alg, k.version))
+            .collect();
+        assert!(active.contains(&(Alg::Rs384, 2)), "{active:?}");
+        assert!(active.contains(&(Alg::Es384, 3)), "{active:?}");
+    });
+}
+
+#[test]
 fn revoking_the_active_key_hands_over_to_its_successor_at_once() {
     runtime().block_on(async {
         let sim = ops_sim().await;
@@ -1050,6 +1114,14 @@ fn revoking_the_active_key_hands_over_to_its_successor_at_once() {
         let (out, events) = sim.executor.revoke(&v1).await.unwrap();
         let keys = sim.keys().await.unwrap();
         assert_eq!(out.activated.as_ref(), Some(&keys[1].kid));
+        // v2 was published four days ago: every cached JWKS has it.
+        let handover = out
+            .handover
+            .as_ref()
+            .expect("revoking the signer reports its hand-over");
+        assert_eq!(handover.kid, keys[1].kid);
+        assert_eq!(handover.published_s_ago, 4 * 86_400);
+        assert_eq!(handover.caches_may_refuse_until, None);
         assert_eq!(
             kinds(&events),
             [
@@ -1071,6 +1143,7 @@ fn revoking_the_active_key_hands_over_to_its_successor_at_once() {
         let v3 = keys[2].kid.clone();
         let (out, events) = sim.executor.revoke(&v3).await.unwrap();
         assert_eq!(out.activated, None);
+        assert_eq!(out.handover, None);
         assert_eq!(
             kinds(&events),
             [(EventKind::Revoked, 3), (EventKind::Generated, 4)]

@@ -77,14 +77,35 @@ pub async fn keys(cli: &Cli, cmd: &KeysCommand) -> anyhow::Result<ExitCode> {
             let body = serde_json::json!({ "set": set, "alg": alg, "now": now });
             let answer = call(cli, Method::POST, "/v1/admin/rotate", Some(body)).await?;
             println!("{}", serde_json::to_string_pretty(&answer)?);
+            match &answer {
+                serde_json::Value::Array(outcomes) => outcomes.iter().for_each(warn_handover),
+                one => warn_handover(one),
+            }
         }
         KeysCommand::Revoke { kid } => {
             let body = serde_json::json!({ "kid": kid });
             let answer = call(cli, Method::POST, "/v1/admin/revoke", Some(body)).await?;
             println!("{}", serde_json::to_string_pretty(&answer)?);
+            warn_handover(&answer);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tells the operator, on stderr, when verifiers with a cached JWKS may
+/// still refuse a signer that an emergency step just activated: the answer
+/// on stdout stays machine-readable.
+fn warn_handover(answer: &serde_json::Value) {
+    let handover = &answer["handover"];
+    if let (Some(kid), Some(until)) = (
+        handover["kid"].as_str(),
+        handover["caches_may_refuse_until"].as_str(),
+    ) {
+        eprintln!(
+            "warning: {kid} signs now but was published only {}s ago: verifiers that cached the JWKS before that may refuse its assertions until {until}",
+            handover["published_s_ago"]
+        );
+    }
 }
 
 pub async fn audit(cli: &Cli, cmd: &AuditCommand) -> anyhow::Result<ExitCode> {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::handover::Handover;
 use super::model::{Applied, Change, Event, EventKind, StoredKey};
 use super::plan::{self, GenerateReason, GeneratedRow, NewKey, Refusal, Step};
 use crate::clock::Clock;
@@ -57,7 +58,7 @@ impl From<Refusal> for LifecycleError {
     }
 }
 
-/// What `rotate` did.
+/// What `rotate` did to one algorithm of a set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RotateOutcome {
     pub set: SetName,
@@ -65,6 +66,9 @@ pub struct RotateOutcome {
     pub activated: Option<Kid>,
     pub deactivated: Option<Kid>,
     pub pending: Option<Kid>,
+    /// With `now`: how long the new signer has been published and until
+    /// when caching verifiers may refuse it.
+    pub handover: Option<Handover>,
 }
 
 /// What `revoke` did.
@@ -74,6 +78,8 @@ pub struct RevokeOutcome {
     pub set: SetName,
     pub alg: Alg,
     pub activated: Option<Kid>,
+    /// When the revoked key was the signer: its successor's hand-over.
+    pub handover: Option<Handover>,
 }
 
 /// Why a change is made; the log says it next to what the change did.
@@ -151,29 +157,50 @@ impl Executor {
     /// `keys rotate`: with `at_once`, the pending key signs at once
     /// (skipping rule 1, logged) and a new successor is generated before
     /// this returns; without, the pending key is rescheduled to the earliest
-    /// time rule 1 allows. `alg` defaults to the policy's first algorithm.
+    /// time rule 1 allows. Without `alg`, every algorithm of the set
+    /// rotates (in the policy's order): after a compromise an operator
+    /// replaces the whole set. One outcome per algorithm.
     pub async fn rotate(
         &self,
         set: &SetName,
         alg: Option<Alg>,
         at_once: bool,
-    ) -> Result<(RotateOutcome, Vec<Event>), LifecycleError> {
+    ) -> Result<(Vec<RotateOutcome>, Vec<Event>), LifecycleError> {
         let policies = self.policies.current();
         let policy = policies
             .get(set)
             .ok_or_else(|| LifecycleError::UnknownSet(set.to_string()))?;
-        let alg = alg.unwrap_or(policy.algorithms[0]);
-        if !policy.algorithms.contains(&alg) {
-            return Err(LifecycleError::AlgNotInSet {
-                set: set.to_string(),
-                alg,
-            });
-        }
+        let algs = match alg {
+            Some(alg) if !policy.algorithms.contains(&alg) => {
+                return Err(LifecycleError::AlgNotInSet {
+                    set: set.to_string(),
+                    alg,
+                });
+            }
+            Some(alg) => vec![alg],
+            None => policy.algorithms.clone(),
+        };
         let _guard = self.lock.lock().await;
         let mut events = Vec::new();
+        let mut outcomes = Vec::with_capacity(algs.len());
+        for alg in algs {
+            outcomes.push(self.rotate_alg(policy, alg, at_once, &mut events).await?);
+        }
+        Ok((outcomes, events))
+    }
+
+    /// One algorithm of `rotate` (the caller holds the lock).
+    async fn rotate_alg(
+        &self,
+        policy: &Policy,
+        alg: Alg,
+        at_once: bool,
+        events: &mut Vec<Event>,
+    ) -> Result<RotateOutcome, LifecycleError> {
+        let set = &policy.name;
         // Bring the set up to date first: there must be an active key and a
         // pending successor to rotate to.
-        self.converge(&mut events).await?;
+        self.converge(events).await?;
         let keys = self.store.live_keys().await?;
         let change = plan::rotation(policy, &keys, alg, at_once, self.clock.now())?;
         let pending = change.kid().clone();
@@ -182,16 +209,16 @@ impl Executor {
         } else {
             Cause::Rotate
         };
-        let applied = self.apply(&keys, change, cause, &mut events).await?;
+        let applied = self.apply(&keys, change, cause, events).await?;
         if !at_once {
-            let outcome = RotateOutcome {
+            return Ok(RotateOutcome {
                 set: set.clone(),
                 alg,
                 activated: None,
                 deactivated: None,
                 pending: Some(pending),
-            };
-            return Ok((outcome, events));
+                handover: None,
+            });
         }
         let Applied::Done {
             activated,
@@ -203,22 +230,34 @@ impl Executor {
             )));
         };
         // Rule 4: the successor is generated at once.
-        self.converge(&mut events).await?;
-        let pending = self
-            .store
-            .live_keys()
-            .await?
-            .into_iter()
+        self.converge(events).await?;
+        let live = self.store.live_keys().await?;
+        let pending = live
+            .iter()
             .find(|k| &k.set == set && k.alg == alg && k.state == KeyState::Pending)
-            .map(|k| k.kid);
-        let outcome = RotateOutcome {
+            .map(|k| k.kid.clone());
+        let handover = self.handover(policy, &live, activated.as_ref());
+        Ok(RotateOutcome {
             set: set.clone(),
             alg,
             activated,
             deactivated,
             pending,
-        };
-        Ok((outcome, events))
+            handover,
+        })
+    }
+
+    /// The hand-over to `signer` (just activated at once), logged.
+    fn handover(
+        &self,
+        policy: &Policy,
+        live: &[StoredKey],
+        signer: Option<&Kid>,
+    ) -> Option<Handover> {
+        let key = live.iter().find(|k| Some(&k.kid) == signer)?;
+        let handover = Handover::to(key, policy.jwks_max_age, self.clock.now());
+        handover.log();
+        Some(handover)
     }
 
     /// `keys revoke`: out of the JWKS at once, private half destroyed; a
@@ -241,11 +280,20 @@ impl Executor {
             )));
         };
         self.converge(&mut events).await?;
+        let policies = self.policies.current();
+        let handover = match policies.get(&set) {
+            Some(policy) => {
+                let live = self.store.live_keys().await?;
+                self.handover(policy, &live, activated.as_ref())
+            }
+            None => None,
+        };
         let outcome = RevokeOutcome {
             kid: kid.clone(),
             set,
             alg,
             activated,
+            handover,
         };
         Ok((outcome, events))
     }

@@ -7,9 +7,11 @@
 //! - [`schedule`]: when a successor activates (cron or `rotate_every`);
 //! - [`executor`]: the one path every change takes (ticks, `rotate`,
 //!   `rotate --now`, `revoke`, a reschedule after a reload), emitting events;
+//! - [`handover`]: what an emergency hand-over means for caching verifiers;
 //! - [`simulate`]: the same code on a simulated clock (`jwksd simulate`).
 
 pub mod executor;
+pub mod handover;
 pub mod model;
 pub mod plan;
 pub mod schedule;

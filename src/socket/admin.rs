@@ -12,7 +12,7 @@ use super::error::ApiError;
 use super::peer::Peer;
 use super::state::SocketState;
 use crate::audit::chain::{AuditRecord, verify_stored};
-use crate::lifecycle::executor::{LifecycleError, RevokeOutcome, RotateOutcome};
+use crate::lifecycle::executor::{LifecycleError, RevokeOutcome};
 use crate::types::{Alg, Kid, SetName};
 
 #[derive(Debug, Deserialize)]
@@ -51,11 +51,14 @@ fn not_admin(peer: &Peer, what: &str) -> ApiError {
     ))
 }
 
+/// With `alg`, the answer is that algorithm's outcome; without, the set's
+/// every algorithm rotated, and the answer is the array of their outcomes
+/// in the policy's order.
 pub(super) async fn rotate(
     State(state): State<SocketState>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     request: Request,
-) -> Result<Json<RotateOutcome>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let mut entry = peer.audit(state.clock.now().timestamp(), "rotate");
     let result = async {
         require_any_admin(&state, &peer)?;
@@ -74,19 +77,34 @@ pub(super) async fn rotate(
             .map(str::parse::<Alg>)
             .transpose()
             .map_err(|e| ApiError::bad_request(format!("alg: {e}")))?;
-        entry.detail = Some(format!("set {set} now={}", req.now));
-        let (outcome, _events) = state
+        let algs = alg.map_or_else(|| "every alg".to_owned(), |a| a.as_str().to_owned());
+        entry.detail = Some(format!("set {set} {algs} now={}", req.now));
+        let (outcomes, _events) = state
             .lifecycle
             .rotate(&set, alg, req.now)
             .await
             .map_err(lifecycle_error)?;
         state.keyring.refresh().await.map_err(ApiError::internal)?;
-        entry.kid = outcome
-            .activated
-            .as_ref()
-            .or(outcome.pending.as_ref())
-            .map(Kid::to_string);
-        Ok(outcome)
+        let kids: Vec<String> = outcomes
+            .iter()
+            .filter_map(|o| o.activated.as_ref().or(o.pending.as_ref()))
+            .map(Kid::to_string)
+            .collect();
+        // The record's kid is one kid; a rotation of the whole set names
+        // the others in its detail.
+        entry.kid = kids.first().cloned();
+        if kids.len() > 1 {
+            entry.detail = Some(format!(
+                "set {set} {algs} now={}: {}",
+                req.now,
+                kids.join(", ")
+            ));
+        }
+        let answer = match (alg, &outcomes[..]) {
+            (Some(_), [one]) => serde_json::to_value(one),
+            _ => serde_json::to_value(&outcomes),
+        };
+        answer.map_err(ApiError::internal)
     }
     .await;
     audited(&state.auditor, entry, result).await.map(Json)
@@ -125,6 +143,7 @@ pub(super) async fn revoke(
             "kid": outcome.kid,
             "state": "revoked",
             "activated": outcome.activated,
+            "handover": outcome.handover,
         }))
     }
     .await;
