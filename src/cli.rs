@@ -90,6 +90,16 @@ pub enum KeysCommand {
     },
     /// Remove a key from the JWKS at once and destroy its private half.
     Revoke { kid: String },
+    /// Draw the live keys of your sets as an SVG timeline: past spans from the
+    /// store's timestamps, planned ones from the schedule, and a "now" line.
+    Timeline {
+        /// Where to write the picture.
+        #[arg(long, value_name = "FILE")]
+        svg: PathBuf,
+        /// Only this set (default: every set you may use).
+        #[arg(long)]
+        set: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -148,4 +158,7 @@ pub struct SimulateArgs {
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
+    /// Also draw the timeline of the same run as an SVG picture into FILE.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
 }

@@ -20,5 +20,6 @@ pub mod net;
 pub mod socket;
 pub mod state;
 pub mod store;
+pub mod timeline;
 pub mod types;
 pub mod workers;

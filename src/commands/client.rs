@@ -35,6 +35,19 @@ pub async fn call(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Result<serde_json::Value, ClientError> {
+    let body = fetch(socket, method, path, body).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ClientError::Http(format!("answer is not JSON ({e})")))
+}
+
+/// Sends one request and returns the body of a 2xx response as it came
+/// (a picture, say); any other status is the API's JSON error.
+pub async fn fetch(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<Bytes, ClientError> {
     let stream = UnixStream::connect(socket)
         .await
         .map_err(|source| ClientError::Connect {
@@ -64,14 +77,14 @@ pub async fn call(
         .await
         .map_err(|e| ClientError::Http(e.to_string()))?
         .to_bytes();
-    let value: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| ClientError::Http(format!("answer is not JSON ({e})")))?;
     if !status.is_success() {
+        let value: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Http(format!("answer is not JSON ({e})")))?;
         return Err(ClientError::Refused {
             status,
             code: value["error"].as_str().unwrap_or("unknown").to_owned(),
             message: value["message"].as_str().unwrap_or("").to_owned(),
         });
     }
-    Ok(value)
+    Ok(body)
 }

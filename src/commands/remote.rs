@@ -28,6 +28,19 @@ pub async fn sign(cli: &Cli, args: &SignArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `text` percent-encoded for a query string: set names are plain, but a
+/// typo must reach the daemon as the name it is, not as other parameters.
+fn query_value(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// The request body without `null` members, so optional fields stay absent.
 fn strip_nulls(mut v: serde_json::Value) -> serde_json::Value {
     if let Some(map) = v.as_object_mut() {
@@ -81,6 +94,17 @@ pub async fn keys(cli: &Cli, cmd: &KeysCommand) -> anyhow::Result<ExitCode> {
                 serde_json::Value::Array(outcomes) => outcomes.iter().for_each(warn_handover),
                 one => warn_handover(one),
             }
+        }
+        KeysCommand::Timeline { svg, set } => {
+            let path = match set {
+                Some(set) => format!("/v1/keys/timeline?set={}", query_value(set)),
+                None => "/v1/keys/timeline".to_owned(),
+            };
+            let socket = socket_path(cli)?;
+            let picture = client::fetch(&socket, Method::GET, &path, None).await?;
+            std::fs::write(svg, &picture)
+                .with_context(|| format!("--svg {}: cannot write", svg.display()))?;
+            eprintln!("wrote {} ({} bytes)", svg.display(), picture.len());
         }
         KeysCommand::Revoke { kid } => {
             let body = serde_json::json!({ "kid": kid });

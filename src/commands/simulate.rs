@@ -1,5 +1,5 @@
 //! `jwksd simulate`: prints a policy's timeline (text or JSON lines) from a
-//! [`Simulation`] on a simulated clock.
+//! [`Simulation`] on a simulated clock, and with `--svg` draws it.
 
 use std::process::ExitCode;
 
@@ -10,6 +10,7 @@ use crate::cli::SimulateArgs;
 use crate::clock::Clock;
 use crate::config::policy::Policy;
 use crate::lifecycle::simulate::{Simulation, lines_of, text_line};
+use crate::timeline::{Timeline, svg};
 
 /// `jwksd simulate`: prints the timeline (text or JSON lines).
 pub async fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
@@ -30,7 +31,7 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
             args.days
         );
     }
-    let sim = Simulation::new(policy, start).await?;
+    let sim = Simulation::new(policy.clone(), start).await?;
     let json = args.json;
     let mut failed: Option<anyhow::Error> = None;
     sim.run_until(end, |event| {
@@ -46,8 +47,23 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
         }
     })
     .await?;
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(ExitCode::SUCCESS),
+    if let Some(e) = failed {
+        return Err(e);
     }
+    if let Some(path) = &args.svg {
+        // The picture of this very run: the keys as the simulation left
+        // them carry every transition's time.
+        let keys = sim.keys().await?;
+        let timeline = Timeline::build(&keys, &[&policy], start, end, None);
+        let title = format!(
+            "jwksd simulate: set {} ({}), {} days from {}",
+            policy.name,
+            policy.schedule,
+            args.days,
+            start.format("%Y-%m-%d %H:%M UTC")
+        );
+        std::fs::write(path, svg::render(&timeline, &title))
+            .with_context(|| format!("--svg {}: cannot write", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,6 @@
 //! The admin listener: `/healthz` (the process is up), `/readyz` (every set
-//! has an active key for each of its algorithms and the store answers) and
-//! `/metrics` (Prometheus text).
+//! has an active key for each of its algorithms and the store answers),
+//! `/metrics` (Prometheus text) and `/status` (an HTML page for people).
 
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use axum::routing::get;
 
 use crate::clock::Clock;
 use crate::config::live::LivePolicies;
+use crate::config::policy::Policy;
 use crate::keyring::Keyring;
 use crate::metrics::Metrics;
 use crate::state::Shared;
@@ -40,6 +41,7 @@ pub fn router(shared: &Shared) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/status", get(status))
         .with_state(state)
 }
 
@@ -78,6 +80,32 @@ async fn metrics(State(state): State<AdminState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
+        body,
+    )
+        .into_response()
+}
+
+async fn status(State(state): State<AdminState>) -> Response {
+    let head = match state.store.audit_tail(1).await {
+        Ok(records) => records.first().map(|r| (r.seq, r.hash.clone())),
+        Err(e) => {
+            tracing::warn!(error = %e, "status page: store does not answer");
+            None
+        }
+    };
+    let snapshot = state.keyring.snapshot();
+    let policies = state.policies.current();
+    let sets: Vec<&Policy> = policies.iter().map(|p| p.as_ref()).collect();
+    let body = super::status::page(&sets, &snapshot.keys, state.clock.now(), head);
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // The page has no scripts and loads nothing: say so to browsers.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'",
+            ),
+        ],
         body,
     )
         .into_response()

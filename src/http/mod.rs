@@ -1,8 +1,9 @@
 //! The TCP listeners: the public JWKS endpoint (`public`, over TLS with
 //! `tls` when the config names a certificate) and the admin endpoint with
-//! health and metrics (`admin`).
+//! health, metrics and the status page (`admin`, `status`).
 
 pub mod admin;
 pub mod paths;
 pub mod public;
+pub mod status;
 pub mod tls;

@@ -17,6 +17,7 @@ pub mod listener;
 pub mod peer;
 pub mod router;
 mod state;
+mod timeline;
 
 pub use credentials::PeerCredentials;
 pub use error::ApiError;

@@ -5,7 +5,7 @@ use axum::routing::{get, post};
 
 use super::error::ApiError;
 use super::state::SocketState;
-use super::{admin, assertions, keys};
+use super::{admin, assertions, keys, timeline};
 use crate::state::Shared;
 
 /// The socket router, with its own state taken from `shared`.
@@ -13,6 +13,7 @@ pub fn router(shared: &Shared) -> Router {
     Router::new()
         .route("/v1/assertions", post(assertions::create))
         .route("/v1/keys", get(keys::list))
+        .route("/v1/keys/timeline", get(timeline::draw))
         .route("/v1/admin/rotate", post(admin::rotate))
         .route("/v1/admin/revoke", post(admin::revoke))
         .route("/v1/audit", get(admin::audit_tail))
