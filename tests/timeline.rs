@@ -381,6 +381,47 @@ async fn keys_timeline_draws_the_live_keys_with_their_plan_and_a_now_line() {
             assert!((active.x - pic.x(utc(k["activate_at"].as_str().unwrap()))).abs() <= 1.0);
         }
     }
+    // Emergencies are marked: a rotate --now and a revocation.
+    let (_, rotated) = d
+        .socket_json(
+            Method::POST,
+            "/v1/admin/rotate",
+            Some(serde_json::json!({"set": "default", "alg": "ES384", "now": true})),
+        )
+        .await;
+    let (_, keys) = d.socket_json(Method::GET, "/v1/keys", None).await;
+    let pending_rs = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["alg"] == "RS384" && k["state"] == "pending")
+        .unwrap()["kid"]
+        .clone();
+    let (status, _) = d
+        .socket_json(
+            Method::POST,
+            "/v1/admin/revoke",
+            Some(serde_json::json!({"kid": pending_rs})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let out = d.cli(&["keys", "timeline", "--svg", file.to_str().unwrap()]);
+    assert!(out.status.success());
+    let svg = std::fs::read_to_string(&file).unwrap();
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    let mark = |kind: &str, kid: &Value| {
+        doc.descendants()
+            .find(|n| {
+                n.attribute("class") == Some(&format!("mark {kind}"))
+                    && n.attribute("data-kid") == kid.as_str()
+            })
+            .is_some()
+    };
+    assert!(
+        mark("emergency", &rotated["activated"]),
+        "rotate --now is marked"
+    );
+    assert!(mark("revoked", &pending_rs), "the revocation is marked");
     // Another caller's set, or one that does not exist: the same 404.
     let out = d.cli(&[
         "keys",
