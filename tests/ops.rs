@@ -331,6 +331,7 @@ async fn master_key_rotation_leaves_every_key_usable_and_the_old_key_useless() {
         .arg("--config")
         .arg(dir.join("jwksd.toml"))
         .args(["seal", "rotate-master"])
+        .args(allow_root())
         .output()
         .unwrap();
     assert!(
@@ -414,7 +415,7 @@ async fn master_key_rotation_leaves_every_key_usable_and_the_old_key_useless() {
 async fn rotate_master_refuses_while_the_daemon_runs() {
     let d = Daemon::start(&policy(""));
     d.ready().await;
-    let out = d.cli(&["seal", "rotate-master"]);
+    let out = d.cli(&[&["seal", "rotate-master"][..], &allow_root()].concat());
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("stop it first"));
     d.assertion("ES384").await;
@@ -461,4 +462,116 @@ async fn audit_retention_prunes_old_records_and_the_chain_still_verifies() {
     let (status, verify) = d2.socket_json(Method::GET, "/v1/audit/verify", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(verify["ok"], true, "{verify}");
+}
+
+/// As root, the commands that write key files refuse without
+/// `--allow-root`, say why, and write nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_commands_refuse_root_without_allow_root() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED root refusal of init and rotate-master: not running as root");
+        return;
+    }
+    let why = |out: &std::process::Output| {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains("as root")
+                && err.contains("could not read them")
+                && err.contains("run it as the daemon's user")
+                && err.contains("--allow-root"),
+            "{err}"
+        );
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["init", "--dir"])
+        .arg(dir.path().join("starter"))
+        .output()
+        .unwrap();
+    why(&out);
+    assert!(!dir.path().join("starter").exists(), "init wrote files");
+
+    let mut d = Daemon::start(&policy(""));
+    let _tmp = d.keep_dir();
+    d.ready().await;
+    assert!(d.stop());
+    let key_before = std::fs::read(d.dir.join("master.key")).unwrap();
+    why(&d.cli(&["seal", "rotate-master"]));
+    assert_eq!(std::fs::read(d.dir.join("master.key")).unwrap(), key_before);
+    assert!(!d.dir.join("master.key.new").exists());
+}
+
+/// `seal rotate-master` holds every unsealed key: it turns core dumps off
+/// and makes itself non-dumpable before it reads anything. Seen from
+/// outside while it waits on its config file (a FIFO): its core limit is
+/// 0, and /proc/PID/status belongs to root, which the kernel does for a
+/// non-dumpable process (run as `nobody` when the test is root, so that
+/// the owner tells).
+#[test]
+fn rotate_master_is_not_dumpable_and_dumps_no_core() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A copy of the binary that `nobody` can run wherever the checkout is.
+    let bin = dir.path().join("jwksd");
+    std::fs::copy(BIN, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fifo = dir.path().join("jwksd.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+    std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o666)).unwrap();
+
+    let root = nix::unistd::geteuid().is_root();
+    let mut cmd = if root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin);
+        c
+    } else {
+        std::process::Command::new(&bin)
+    };
+    let mut child = cmd
+        .arg("--config")
+        .arg(&fifo)
+        .args(["seal", "rotate-master"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let proc_dir = format!("/proc/{pid}");
+    let state = || {
+        let limits = std::fs::read_to_string(format!("{proc_dir}/limits")).unwrap_or_default();
+        let core = limits
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .map(|l| l.split_whitespace().skip(4).take(2).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default();
+        let owner = std::fs::metadata(format!("{proc_dir}/status"))
+            .map(|m| m.uid())
+            .ok();
+        // comm, unlike exe, stays readable when the process is not dumpable.
+        let comm = std::fs::read_to_string(format!("{proc_dir}/comm")).unwrap_or_default();
+        (core, owner, comm.trim().to_owned())
+    };
+    // setpriv execs the command in place: wait for that, then for the
+    // hygiene, which comes before the config file is opened.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let seen = loop {
+        let now = state();
+        if now.2 == "jwksd" && now.0 == "0 0" && now.1 == Some(0) {
+            break Ok(now);
+        }
+        if std::time::Instant::now() > deadline {
+            break Err(now);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err((core, owner, comm)) = seen {
+        panic!(
+            "rotate-master waiting on its config: core limit {core:?}, /proc/PID/status owner {owner:?} (non-dumpable shows 0), comm {comm:?}"
+        );
+    }
 }
