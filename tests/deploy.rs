@@ -184,7 +184,12 @@ print("ok")
         return;
     }
     let out = Command::new("python3")
-        .args(["-c", check, "deploy/kubernetes", "deploy/kubernetes/replicas"])
+        .args([
+            "-c",
+            check,
+            "deploy/kubernetes",
+            "deploy/kubernetes/replicas",
+        ])
         .output()
         .unwrap();
     assert!(

@@ -545,7 +545,13 @@ fn rotate_master_is_not_dumpable_and_dumps_no_core() {
         let core = limits
             .lines()
             .find(|l| l.starts_with("Max core file size"))
-            .map(|l| l.split_whitespace().skip(4).take(2).collect::<Vec<_>>().join(" "))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(4)
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
             .unwrap_or_default();
         let owner = std::fs::metadata(format!("{proc_dir}/status"))
             .map(|m| m.uid())
@@ -574,4 +580,105 @@ fn rotate_master_is_not_dumpable_and_dumps_no_core() {
             "rotate-master waiting on its config: core limit {core:?}, /proc/PID/status owner {owner:?} (non-dumpable shows 0), comm {comm:?}"
         );
     }
+}
+
+/// `jwksd serve` on `config`, which must refuse to start: its stderr. One
+/// still running after 20 s started: the test fails.
+fn serve_refuses(config: &std::path::Path) -> String {
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(allow_root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("serve started: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A policy grants signing rights, and the config chooses the policies and
+/// the store: a policy file, the policy directory or the config file that
+/// group or others may write is refused, naming it, its mode and the rule.
+/// A reload keeps the policies in force; `policy check` only warns (it may
+/// run on a checkout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_that_others_may_write_are_refused() {
+    let mut d = Daemon::start(&policy(""));
+    let _tmp = d.keep_dir();
+    d.ready().await;
+    let file = d.dir.join("policies/default.toml");
+    let rule = |what: &str| format!("a {what} must not be writable by group or others");
+    // The caller granted one more client, in a file its group may write.
+    let widened = policy("").replace("clients = [\"app\"]", "clients = [\"app\", \"other-app\"]");
+    std::fs::write(&file, widened).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o664)).unwrap();
+    d.reload();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !d.log().contains("policy reload refused") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reload never refused: {}",
+            d.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let named = format!("{}: mode 0664: {}", file.display(), rule("policy file"));
+    assert!(d.log().contains(&named), "{}", d.log());
+    let (status, answer) = d
+        .socket_json(
+            Method::POST,
+            "/v1/assertions",
+            Some(json!({"client_id": "other-app", "audience": AUD})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "the old policy stays: {answer}"
+    );
+    d.assertion("ES384").await;
+
+    let check = d.cli(&["policy", "check"]);
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{err}");
+    assert!(err.contains(&format!("warning: {named}")), "{err}");
+
+    assert!(d.stop());
+    assert!(serve_refuses(&d.config).contains(&named));
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let policies = d.dir.join("policies");
+    std::fs::set_permissions(&policies, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let err = serve_refuses(&d.config);
+    assert!(
+        err.contains(&format!(
+            "{}: mode 1777: {}",
+            policies.display(),
+            rule("policy directory")
+        )),
+        "{err}"
+    );
+
+    std::fs::set_permissions(&policies, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&d.config, std::fs::Permissions::from_mode(0o620)).unwrap();
+    let err = serve_refuses(&d.config);
+    assert!(
+        err.contains(&format!(
+            "{}: mode 0620: {}",
+            d.config.display(),
+            rule("config file")
+        )),
+        "{err}"
+    );
 }

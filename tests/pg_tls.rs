@@ -157,12 +157,17 @@ impl TlsPostgres {
         let data = tmp.path().join("data");
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         run(Command::new("chown").arg("postgres:").arg(tmp.path()));
-        run(as_postgres(&bin, "initdb").args(["--no-sync", "-A", "trust", "-U", "postgres", "-D"]).arg(&data));
+        run(as_postgres(&bin, "initdb")
+            .args(["--no-sync", "-A", "trust", "-U", "postgres", "-D"])
+            .arg(&data));
         let (cert, key) = ca.server(&host.addr);
         std::fs::write(data.join("server.crt"), cert).unwrap();
         std::fs::write(data.join("server.key"), key).unwrap();
-        std::fs::set_permissions(data.join("server.key"), std::fs::Permissions::from_mode(0o600))
-            .unwrap();
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
         run(Command::new("chown")
             .arg("postgres:")
             .arg(data.join("server.crt"))
@@ -173,7 +178,10 @@ impl TlsPostgres {
             tmp.path().display()
         );
         append(&data.join("postgresql.conf"), &conf);
-        append(&data.join("pg_hba.conf"), "\nhost all all 0.0.0.0/0 trust\n");
+        append(
+            &data.join("pg_hba.conf"),
+            "\nhost all all 0.0.0.0/0 trust\n",
+        );
         let mut start = host.exec("setpriv");
         start
             .args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
@@ -266,7 +274,10 @@ fn serve_refused(store_url: &str) -> String {
             let out = child.wait_with_output().unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
             assert!(!status.success(), "serve exited 0: {stderr}");
-            assert!(!stderr.contains(PASSWORD), "the password was printed: {stderr}");
+            assert!(
+                !stderr.contains(PASSWORD),
+                "the password was printed: {stderr}"
+            );
             return stderr;
         }
         if Instant::now() > deadline {
@@ -285,7 +296,9 @@ fn serve_refused(store_url: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_network_postgres_must_be_authenticated_tls() {
     let Some(bin) = postgres_bin() else {
-        eprintln!("SKIPPED store TLS test: no PostgreSQL server binaries under /usr/lib/postgresql");
+        eprintln!(
+            "SKIPPED store TLS test: no PostgreSQL server binaries under /usr/lib/postgresql"
+        );
         return;
     };
     let (ca, other_ca) = (Ca::new("jwksd test CA"), Ca::new("some other CA"));

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::check::{self, Checker, FieldError, ReadError, SyntaxError};
+use super::check::{self, Checker, FieldError, ReadError, SyntaxError, WritableError};
 
 /// Environment variable naming the config file (before `./jwksd.toml`).
 pub const CONFIG_ENV: &str = "JWKSD_CONFIG";
@@ -49,6 +49,9 @@ pub enum ConfigError {
     /// `server.socket_mode`; Postgres passwords redacted in the value).
     #[error(transparent)]
     Invalid(#[from] FieldError),
+    /// Group or others may write the file.
+    #[error(transparent)]
+    Writable(#[from] WritableError),
 }
 
 /// The validated daemon config.
@@ -235,11 +238,17 @@ fn addr(c: &Checker<'_>, field: &str, text: &str) -> Result<SocketAddr, FieldErr
 }
 
 impl Config {
-    /// Reads and validates a config file. Relative paths in it are resolved
+    /// Reads and validates a config file; refused if group or others may
+    /// write it. Relative paths in it are resolved
     /// against the file's directory, made absolute with the current
     /// directory, so they stay right if the daemon later changes directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = check::read(path, "config")?;
+        // It names the store, the master key and the policies: a file that
+        // others may write lets them choose what the daemon trusts.
+        let (text, writable) = check::read_guarded(path, "config")?;
+        if let Some(e) = writable {
+            return Err(e.into());
+        }
         let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         let base = absolute.parent().unwrap_or(Path::new(""));
         Config::validate(Checker::with_base(path, base), &text)

@@ -36,10 +36,7 @@ pub fn check_user(allow_root: bool) -> Result<(), HygieneError> {
 
 /// Refuses uid 0 for a command that writes key files (`init`, `seal
 /// rotate-master`) unless `allow_root`, as [`check_user`] does for `serve`.
-pub fn check_key_command_user(
-    command: &'static str,
-    allow_root: bool,
-) -> Result<(), HygieneError> {
+pub fn check_key_command_user(command: &'static str, allow_root: bool) -> Result<(), HygieneError> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(());
     }
