@@ -682,3 +682,40 @@ async fn files_that_others_may_write_are_refused() {
         "{err}"
     );
 }
+
+/// `keys revoke` on PostgreSQL says where the sealed private half survives
+/// (old row versions, WAL, backups), on stderr so that stdout stays the
+/// JSON answer; on SQLite, which overwrites it, it says nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_revoke_on_postgres_says_where_the_sealed_half_survives() {
+    let Some(db) = helpers::pg::pg_or_skip("keys revoke note on PostgreSQL").await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    write_files_with(tmp.path(), &policy(""), &db.url, &random_master_key());
+    let on_postgres = Daemon::start_in(tmp.path()).when_settled().await;
+    let on_sqlite = Daemon::start(&policy("")).when_settled().await;
+    for (d, note) in [(&on_postgres, true), (&on_sqlite, false)] {
+        let keys = d.settled().await;
+        let kid = keys.iter().find(|k| k["state"] == "pending").unwrap()["kid"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let out = d.cli(&["keys", "revoke", &kid]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(answer["state"], "revoked");
+        assert_eq!(
+            err.contains("PostgreSQL keeps the old row version"),
+            note,
+            "{err}"
+        );
+        if note {
+            assert!(
+                err.contains("WAL archives, standbys and backups") && err.contains("master key"),
+                "{err}"
+            );
+        }
+    }
+}
