@@ -308,6 +308,16 @@ async fn a_network_postgres_must_be_authenticated_tls() {
     std::fs::write(&ca_file, ca.issuer.pem()).unwrap();
     std::fs::write(&other_file, other_ca.issuer.pem()).unwrap();
 
+    // The same server over its Unix socket is local: no TLS needed.
+    let local = format!(
+        "postgres://postgres@{}/postgres",
+        pg._tmp.path().display().to_string().replace('/', "%2F")
+    );
+    let store = jwksd::store::PostgresStore::open(&local)
+        .await
+        .unwrap_or_else(|e| panic!("the Unix socket was refused: {e}"));
+    drop(store);
+
     // Refused at load, before any connection, naming store.url and the rule.
     for (query, mode) in [
         ("", "sslmode is prefer"),
