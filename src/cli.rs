@@ -41,6 +41,10 @@ pub enum Command {
         /// Directory to write into.
         #[arg(long, default_value = ".jwksd")]
         dir: PathBuf,
+        /// Run even as root (refused by default: the files would belong to
+        /// root, and the daemon's user could not read them).
+        #[arg(long)]
+        allow_root: bool,
     },
     /// List, rotate or revoke keys (through the daemon's socket).
     #[command(subcommand)]
@@ -129,7 +133,12 @@ pub enum PolicyCommand {
 pub enum SealCommand {
     /// Re-seal every private key under a new master key and replace the
     /// master key file; the old key opens nothing afterwards.
-    RotateMaster,
+    RotateMaster {
+        /// Run even as root (refused by default: the new key file would
+        /// belong to root, and the daemon's user could not read it).
+        #[arg(long)]
+        allow_root: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -851,6 +851,7 @@ fn init_writes_a_working_starter_that_keeps_existing_files() {
         std::process::Command::new(BIN)
             .args(["init", "--dir"])
             .arg(dir.path())
+            .args(allow_root())
             .output()
             .unwrap()
     };

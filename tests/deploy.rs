@@ -140,3 +140,62 @@ fn the_production_config_and_example_policies_pass_jwksd_checks() {
         );
     }
 }
+
+/// The admin listener (`/metrics` names every client_id) listens on the
+/// pod's address for the kubelet's probes: every Kubernetes pod running
+/// jwksd must be selected by a NetworkPolicy that admits no source at
+/// large to that port.
+#[test]
+fn every_kubernetes_jwksd_pod_has_its_admin_port_closed_by_a_network_policy() {
+    let check = r#"
+import sys, yaml
+problems = []
+for d in sys.argv[1:]:
+    import glob
+    docs = []
+    for path in sorted(glob.glob(d + "/*.yaml")):
+        docs += [x for x in yaml.safe_load_all(open(path)) if x]
+    policies = [x for x in docs if x["kind"] == "NetworkPolicy"]
+    for dep in [x for x in docs if x["kind"] == "Deployment"]:
+        pod = dep["spec"]["template"]
+        labels = pod["metadata"].get("labels", {})
+        admin = {p["containerPort"] for c in pod["spec"]["containers"] if c["name"] == "jwksd"
+                 for p in c.get("ports", []) if p.get("name") == "admin"}
+        if not admin:
+            continue
+        mine = [p for p in policies
+                if "Ingress" in p["spec"].get("policyTypes", [])
+                and p["spec"]["podSelector"].get("matchLabels", {}).items() <= labels.items()]
+        if not mine:
+            problems.append(f"{d}: Deployment {dep['metadata']['name']}: no NetworkPolicy selects its pods")
+        for p in mine:
+            for rule in p["spec"].get("ingress") or []:
+                ports = rule.get("ports")
+                opens = ports is None or any(q.get("port") in admin | {"admin"} for q in ports)
+                if opens and not rule.get("from"):
+                    problems.append(f"{d}: NetworkPolicy {p['metadata']['name']} opens the admin port of {dep['metadata']['name']} to every source")
+if problems:
+    sys.exit("\n".join(problems))
+print("ok")
+"#;
+    let probe = Command::new("python3").args(["-c", "import yaml"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED admin port check: python3 with PyYAML is not installed");
+        return;
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            check,
+            "deploy/kubernetes",
+            "deploy/kubernetes/replicas",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -331,6 +331,7 @@ async fn master_key_rotation_leaves_every_key_usable_and_the_old_key_useless() {
         .arg("--config")
         .arg(dir.join("jwksd.toml"))
         .args(["seal", "rotate-master"])
+        .args(allow_root())
         .output()
         .unwrap();
     assert!(
@@ -414,7 +415,7 @@ async fn master_key_rotation_leaves_every_key_usable_and_the_old_key_useless() {
 async fn rotate_master_refuses_while_the_daemon_runs() {
     let d = Daemon::start(&policy(""));
     d.ready().await;
-    let out = d.cli(&["seal", "rotate-master"]);
+    let out = d.cli(&[&["seal", "rotate-master"][..], &allow_root()].concat());
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("stop it first"));
     d.assertion("ES384").await;
@@ -461,4 +462,260 @@ async fn audit_retention_prunes_old_records_and_the_chain_still_verifies() {
     let (status, verify) = d2.socket_json(Method::GET, "/v1/audit/verify", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(verify["ok"], true, "{verify}");
+}
+
+/// As root, the commands that write key files refuse without
+/// `--allow-root`, say why, and write nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_commands_refuse_root_without_allow_root() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED root refusal of init and rotate-master: not running as root");
+        return;
+    }
+    let why = |out: &std::process::Output| {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains("as root")
+                && err.contains("could not read them")
+                && err.contains("run it as the daemon's user")
+                && err.contains("--allow-root"),
+            "{err}"
+        );
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["init", "--dir"])
+        .arg(dir.path().join("starter"))
+        .output()
+        .unwrap();
+    why(&out);
+    assert!(!dir.path().join("starter").exists(), "init wrote files");
+
+    let mut d = Daemon::start(&policy(""));
+    let _tmp = d.keep_dir();
+    d.ready().await;
+    assert!(d.stop());
+    let key_before = std::fs::read(d.dir.join("master.key")).unwrap();
+    why(&d.cli(&["seal", "rotate-master"]));
+    assert_eq!(std::fs::read(d.dir.join("master.key")).unwrap(), key_before);
+    assert!(!d.dir.join("master.key.new").exists());
+}
+
+/// `seal rotate-master` holds every unsealed key: it turns core dumps off
+/// and makes itself non-dumpable before it reads anything. Seen from
+/// outside while it waits on its config file (a FIFO): its core limit is
+/// 0, and /proc/PID/status belongs to root, which the kernel does for a
+/// non-dumpable process (run as `nobody` when the test is root, so that
+/// the owner tells).
+#[test]
+fn rotate_master_is_not_dumpable_and_dumps_no_core() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A copy of the binary that `nobody` can run wherever the checkout is.
+    let bin = dir.path().join("jwksd");
+    std::fs::copy(BIN, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fifo = dir.path().join("jwksd.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+    std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o666)).unwrap();
+
+    let root = nix::unistd::geteuid().is_root();
+    let mut cmd = if root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin);
+        c
+    } else {
+        std::process::Command::new(&bin)
+    };
+    let mut child = cmd
+        .arg("--config")
+        .arg(&fifo)
+        .args(["seal", "rotate-master"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let proc_dir = format!("/proc/{pid}");
+    let state = || {
+        let limits = std::fs::read_to_string(format!("{proc_dir}/limits")).unwrap_or_default();
+        let core = limits
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(4)
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        let owner = std::fs::metadata(format!("{proc_dir}/status"))
+            .map(|m| m.uid())
+            .ok();
+        // comm, unlike exe, stays readable when the process is not dumpable.
+        let comm = std::fs::read_to_string(format!("{proc_dir}/comm")).unwrap_or_default();
+        (core, owner, comm.trim().to_owned())
+    };
+    // setpriv execs the command in place: wait for that, then for the
+    // hygiene, which comes before the config file is opened.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let seen = loop {
+        let now = state();
+        if now.2 == "jwksd" && now.0 == "0 0" && now.1 == Some(0) {
+            break Ok(now);
+        }
+        if std::time::Instant::now() > deadline {
+            break Err(now);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err((core, owner, comm)) = seen {
+        panic!(
+            "rotate-master waiting on its config: core limit {core:?}, /proc/PID/status owner {owner:?} (non-dumpable shows 0), comm {comm:?}"
+        );
+    }
+}
+
+/// `jwksd serve` on `config`, which must refuse to start: its stderr. One
+/// still running after 20 s started: the test fails.
+fn serve_refuses(config: &std::path::Path) -> String {
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(allow_root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("serve started: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A policy grants signing rights, and the config chooses the policies and
+/// the store: a policy file, the policy directory or the config file that
+/// group or others may write is refused, naming it, its mode and the rule.
+/// A reload keeps the policies in force; `policy check` only warns (it may
+/// run on a checkout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_that_others_may_write_are_refused() {
+    let mut d = Daemon::start(&policy(""));
+    let _tmp = d.keep_dir();
+    d.ready().await;
+    let file = d.dir.join("policies/default.toml");
+    let rule = |what: &str| format!("a {what} must not be writable by group or others");
+    // The caller granted one more client, in a file its group may write.
+    let widened = policy("").replace("clients = [\"app\"]", "clients = [\"app\", \"other-app\"]");
+    std::fs::write(&file, widened).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o664)).unwrap();
+    d.reload();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !d.log().contains("policy reload refused") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reload never refused: {}",
+            d.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let named = format!("{}: mode 0664: {}", file.display(), rule("policy file"));
+    assert!(d.log().contains(&named), "{}", d.log());
+    let (status, answer) = d
+        .socket_json(
+            Method::POST,
+            "/v1/assertions",
+            Some(json!({"client_id": "other-app", "audience": AUD})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "the old policy stays: {answer}"
+    );
+    d.assertion("ES384").await;
+
+    let check = d.cli(&["policy", "check"]);
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{err}");
+    assert!(err.contains(&format!("warning: {named}")), "{err}");
+
+    assert!(d.stop());
+    assert!(serve_refuses(&d.config).contains(&named));
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let policies = d.dir.join("policies");
+    std::fs::set_permissions(&policies, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let err = serve_refuses(&d.config);
+    assert!(
+        err.contains(&format!(
+            "{}: mode 1777: {}",
+            policies.display(),
+            rule("policy directory")
+        )),
+        "{err}"
+    );
+
+    std::fs::set_permissions(&policies, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&d.config, std::fs::Permissions::from_mode(0o620)).unwrap();
+    let err = serve_refuses(&d.config);
+    assert!(
+        err.contains(&format!(
+            "{}: mode 0620: {}",
+            d.config.display(),
+            rule("config file")
+        )),
+        "{err}"
+    );
+}
+
+/// `keys revoke` on PostgreSQL says where the sealed private half survives
+/// (old row versions, WAL, backups), on stderr so that stdout stays the
+/// JSON answer; on SQLite, which overwrites it, it says nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_revoke_on_postgres_says_where_the_sealed_half_survives() {
+    let Some(db) = helpers::pg::pg_or_skip("keys revoke note on PostgreSQL").await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    write_files_with(tmp.path(), &policy(""), &db.url, &random_master_key());
+    let on_postgres = Daemon::start_in(tmp.path()).when_settled().await;
+    let on_sqlite = Daemon::start(&policy("")).when_settled().await;
+    for (d, note) in [(&on_postgres, true), (&on_sqlite, false)] {
+        let keys = d.settled().await;
+        let kid = keys.iter().find(|k| k["state"] == "pending").unwrap()["kid"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let out = d.cli(&["keys", "revoke", &kid]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(answer["state"], "revoked");
+        assert_eq!(
+            err.contains("PostgreSQL keeps the old row version"),
+            note,
+            "{err}"
+        );
+        if note {
+            assert!(
+                err.contains("WAL archives, standbys and backups") && err.contains("master key"),
+                "{err}"
+            );
+        }
+    }
 }

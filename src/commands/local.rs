@@ -1,5 +1,6 @@
 //! Commands that need no running daemon: `jwks` reads the store, `policy
-//! check` reads policy files.
+//! check` reads policy files (and only warns about ones that group or
+//! others may write, which `serve` refuses: it may run on a checkout).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +9,7 @@ use anyhow::Context;
 
 use super::locate::load_config;
 use crate::cli::Cli;
-use crate::config::policy::Policies;
+use crate::config::policy::{Policies, WritableFiles};
 
 /// `jwksd jwks`: exactly the bytes the HTTP endpoint serves.
 pub async fn jwks(cli: &Cli, set: &str) -> anyhow::Result<ExitCode> {
@@ -29,9 +30,9 @@ pub fn policy_check(cli: &Cli, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let result = if files.is_empty() {
         let config =
             load_config(cli).context("no policy files given and no config to find them")?;
-        Policies::load_dir(&config.policies_dir)
+        Policies::load_dir_as(&config.policies_dir, WritableFiles::Warn)
     } else {
-        Policies::load_files(files)
+        Policies::load_files_as(files, WritableFiles::Warn)
     };
     match result {
         Ok(policies) => {

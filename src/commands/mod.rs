@@ -21,7 +21,8 @@ use zeroize::Zeroizing;
 pub async fn run(cli: Cli, master_key_env: Option<Zeroizing<Vec<u8>>>) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Serve { allow_root } => serve::run(&cli, *allow_root, master_key_env).await,
-        Command::Init { dir } => {
+        Command::Init { dir, allow_root } => {
+            key_hygiene("init", *allow_root)?;
             let report = init::run(dir)?;
             for p in &report.written {
                 println!("wrote {}", p.display());
@@ -41,7 +42,8 @@ pub async fn run(cli: Cli, master_key_env: Option<Zeroizing<Vec<u8>>>) -> anyhow
         Command::Policy(PolicyCommand::Check { files }) => local::policy_check(&cli, files),
         Command::Audit(cmd) => remote::audit(&cli, cmd).await,
         Command::Simulate(args) => simulate::run(args).await,
-        Command::Seal(SealCommand::RotateMaster) => {
+        Command::Seal(SealCommand::RotateMaster { allow_root }) => {
+            key_hygiene("seal rotate-master", *allow_root)?;
             let config = locate::load_config(&cli)?;
             let socket = cli
                 .socket
@@ -62,4 +64,14 @@ pub async fn run(cli: Cli, master_key_env: Option<Zeroizing<Vec<u8>>>) -> anyhow
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// What `serve` does first, for the other commands that hold keys in
+/// clear or write key files (`init`, `seal rotate-master`): root refused
+/// unless `allow_root`, no core dumps, not dumpable. `jwks` reads public
+/// halves only; `keys`, `sign` and `audit` hold nothing but the answer.
+fn key_hygiene(command: &'static str, allow_root: bool) -> anyhow::Result<()> {
+    crate::daemon::hygiene::check_key_command_user(command, allow_root)?;
+    crate::daemon::hygiene::harden();
+    Ok(())
 }

@@ -11,6 +11,9 @@ use super::locate::socket_path;
 use crate::cli::{AuditCommand, Cli, KeysCommand, SignArgs};
 use crate::socket::keys::KeyView;
 
+/// What `keys revoke` adds on PostgreSQL (SECURITY.md §3 "Destruction").
+pub const POSTGRES_RESIDUE: &str = "note: the private half is erased from the key's row, but PostgreSQL keeps the old row version (sealed) until VACUUM reuses it, and in its WAL, WAL archives, standbys and backups, until the master key that sealed it is rotated away (jwksd seal rotate-master, SECURITY.md §6)";
+
 /// `jwksd sign`: prints the JWT alone.
 pub async fn sign(cli: &Cli, args: &SignArgs) -> anyhow::Result<ExitCode> {
     let body = serde_json::json!({
@@ -111,6 +114,14 @@ pub async fn keys(cli: &Cli, cmd: &KeysCommand) -> anyhow::Result<ExitCode> {
             let answer = call(cli, Method::POST, "/v1/admin/revoke", Some(body)).await?;
             println!("{}", serde_json::to_string_pretty(&answer)?);
             warn_handover(&answer);
+            // The store keeps no usable copy, but PostgreSQL keeps old row
+            // versions: an operator revoking a compromised key must know
+            // where its sealed half still is. (stderr: stdout stays JSON.)
+            if let Ok(config) = super::locate::load_config(cli)
+                && matches!(config.store, crate::config::StoreUrl::Postgres(_))
+            {
+                eprintln!("{POSTGRES_RESIDUE}");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -67,6 +67,77 @@ pub struct FieldError {
     pub rule: String,
 }
 
+/// A file or directory that others than its owner may change, although
+/// what it holds decides who may sign. Display: `<path>: mode <mode>: <rule>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: mode {mode:04o}: {rule}", path.display())]
+pub struct WritableError {
+    /// The file or directory, as given.
+    pub path: PathBuf,
+    /// Its permission bits (with setuid, setgid and sticky).
+    pub mode: u32,
+    /// The rule it breaks.
+    pub rule: String,
+}
+
+/// Group or other write bits.
+const WRITE_BY_OTHERS: u32 = 0o022;
+
+/// Whether a write bit for group or others lets anyone write: not on a file
+/// system mounted read-only (a Kubernetes ConfigMap volume shows mode 0777
+/// directories that nobody can change).
+fn lets_others_write(mode: u32, read_only_fs: nix::Result<bool>) -> bool {
+    mode & WRITE_BY_OTHERS != 0 && !read_only_fs.unwrap_or(false)
+}
+
+fn read_only(stat: nix::Result<nix::sys::statvfs::Statvfs>) -> nix::Result<bool> {
+    stat.map(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
+}
+
+/// Reads a whole file like [`read`], and tells whether group or others may
+/// write it, judged on the opened file (not on a path that could be swapped
+/// in between).
+pub fn read_guarded(
+    file: &Path,
+    what: &'static str,
+) -> Result<(String, Option<WritableError>), ReadError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let fail = |source| ReadError {
+        file: file.to_owned(),
+        what,
+        source,
+    };
+    let mut f = fs::File::open(file).map_err(fail)?;
+    let mode = f.metadata().map_err(fail)?.mode() & 0o7777;
+    let writable = lets_others_write(mode, read_only(nix::sys::statvfs::fstatvfs(&f))).then(|| {
+        WritableError {
+            path: file.to_owned(),
+            mode,
+            rule: format!(
+                "a {what} file must not be writable by group or others: whoever can change it decides who may sign (chmod go-w)"
+            ),
+        }
+    });
+    let mut text = String::new();
+    f.read_to_string(&mut text).map_err(fail)?;
+    Ok((text, writable))
+}
+
+/// Whether group or others may add, remove or replace files in `dir`.
+/// `None` also when it cannot be examined: listing it will say why.
+pub fn dir_writable(dir: &Path, what: &'static str) -> Option<WritableError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mode = fs::metadata(dir).ok()?.mode() & 0o7777;
+    lets_others_write(mode, read_only(nix::sys::statvfs::statvfs(dir))).then(|| WritableError {
+        path: dir.to_owned(),
+        mode,
+        rule: format!(
+            "a {what} directory must not be writable by group or others: whoever can add or replace a file in it decides who may sign (chmod go-w)"
+        ),
+    })
+}
+
 /// Reads a whole file; `what` (`config`, `policy`) names it in the error.
 pub fn read(file: &Path, what: &'static str) -> Result<String, ReadError> {
     fs::read_to_string(file).map_err(|source| ReadError {
@@ -245,6 +316,41 @@ mod tests {
                 "must be between 1 and 10"
             );
         }
+    }
+
+    #[test]
+    fn group_or_other_write_bits_are_reported_with_file_and_mode() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        fs::write(&file, "x = 1\n").unwrap();
+        for (mode, refused) in [(0o644, false), (0o600, false), (0o664, true), (0o646, true)] {
+            fs::set_permissions(&file, fs::Permissions::from_mode(mode)).unwrap();
+            let (text, writable) = read_guarded(&file, "policy").unwrap();
+            assert_eq!(text, "x = 1\n");
+            assert_eq!(writable.is_some(), refused, "{mode:o}");
+        }
+        let (_, writable) = read_guarded(&file, "policy").unwrap();
+        assert_eq!(
+            writable.unwrap().to_string(),
+            format!(
+                "{}: mode 0646: a policy file must not be writable by group or others: whoever can change it decides who may sign (chmod go-w)",
+                file.display()
+            )
+        );
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+        let err = dir_writable(dir.path(), "policy").unwrap();
+        assert_eq!(err.mode, 0o1777, "{err}");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(dir_writable(dir.path(), "policy"), None);
+    }
+
+    #[test]
+    fn write_bits_on_a_read_only_file_system_let_nobody_write() {
+        assert!(lets_others_write(0o777, Ok(false)));
+        assert!(!lets_others_write(0o777, Ok(true)));
+        assert!(lets_others_write(0o664, Err(nix::errno::Errno::ENOSYS)));
+        assert!(!lets_others_write(0o755, Ok(false)));
     }
 
     #[test]

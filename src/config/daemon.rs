@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::check::{self, Checker, FieldError, ReadError, SyntaxError};
+use super::check::{self, Checker, FieldError, ReadError, SyntaxError, WritableError};
 
 /// Environment variable naming the config file (before `./jwksd.toml`).
 pub const CONFIG_ENV: &str = "JWKSD_CONFIG";
@@ -49,6 +49,9 @@ pub enum ConfigError {
     /// `server.socket_mode`; Postgres passwords redacted in the value).
     #[error(transparent)]
     Invalid(#[from] FieldError),
+    /// Group or others may write the file.
+    #[error(transparent)]
+    Writable(#[from] WritableError),
 }
 
 /// The validated daemon config.
@@ -235,11 +238,17 @@ fn addr(c: &Checker<'_>, field: &str, text: &str) -> Result<SocketAddr, FieldErr
 }
 
 impl Config {
-    /// Reads and validates a config file. Relative paths in it are resolved
+    /// Reads and validates a config file; refused if group or others may
+    /// write it. Relative paths in it are resolved
     /// against the file's directory, made absolute with the current
     /// directory, so they stay right if the daemon later changes directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = check::read(path, "config")?;
+        // It names the store, the master key and the policies: a file that
+        // others may write lets them choose what the daemon trusts.
+        let (text, writable) = check::read_guarded(path, "config")?;
+        if let Some(e) = writable {
+            return Err(e.into());
+        }
         let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         let base = absolute.parent().unwrap_or(Path::new(""));
         Config::validate(Checker::with_base(path, base), &text)
@@ -465,7 +474,10 @@ fn parse_store(c: &Checker<'_>, url: &str) -> Result<StoreUrl, FieldError> {
         .strip_prefix("postgres://")
         .or_else(|| url.strip_prefix("postgresql://"));
     match rest {
-        Some(r) if !r.is_empty() => Ok(StoreUrl::Postgres(url.to_owned())),
+        Some(r) if !r.is_empty() => match super::pg_tls::check_url(url) {
+            Ok(_) => Ok(StoreUrl::Postgres(url.to_owned())),
+            Err(e) => Err(c.err(FIELD, shown(), e.to_string())),
+        },
         Some(_) => Err(c.err(
             FIELD,
             shown(),
@@ -645,8 +657,9 @@ dir = "/etc/jwksd/policies"
         let c = with("", "[store]\nurl = \"sqlite:///srv/k.db\"\n").unwrap();
         assert_eq!(c.store, StoreUrl::Sqlite("/srv/k.db".into()));
         for url in [
-            "postgres://jwksd@db/jwksd",
-            "postgresql://db.example.com:5432/jwksd",
+            "postgres://jwksd@db/jwksd?sslmode=verify-full",
+            "postgresql://db.example.com:5432/jwksd?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+            "postgres://postgres@127.0.0.1:5432/test",
         ] {
             let c = with("", &format!("[store]\nurl = \"{url}\"\n")).unwrap();
             assert_eq!(c.store, StoreUrl::Postgres(url.into()));
@@ -671,7 +684,11 @@ dir = "/etc/jwksd/policies"
         );
         assert!(debug.contains("jwksd:***@db.example.com"), "{debug}");
         // Also through the whole Config's Debug.
-        let c = with("", "[store]\nurl = \"postgres://u:s3cr3t@db/x\"\n").unwrap();
+        let c = with(
+            "",
+            "[store]\nurl = \"postgres://u:s3cr3t@db/x?sslmode=verify-full\"\n",
+        )
+        .unwrap();
         assert!(!format!("{c:?}").contains("s3cr3t"));
     }
 
@@ -914,6 +931,26 @@ dir = "/etc/jwksd/policies"
             message(with("", "[store]\nurl = \"postgres://\"\n")),
             "etc/jwksd.toml: store.url = \"postgres://\": postgres:// needs a host or connection options"
         );
+    }
+
+    #[test]
+    fn postgres_on_a_network_host_without_verify_full_is_refused_and_redacted() {
+        assert_eq!(
+            message(with(
+                "",
+                "[store]\nurl = \"postgres://jwksd:s3cr3t@db.example.com/jwksd?sslmode=require\"\n"
+            )),
+            "etc/jwksd.toml: store.url = \"postgres://jwksd:***@db.example.com/jwksd?sslmode=require\": host db.example.com is not loopback, so the server must be authenticated: add sslmode=verify-full (with sslrootcert=FILE for a private CA); sslmode is require, which encrypts but accepts any certificate. Only localhost, 127.0.0.0/8, ::1 and a Unix socket directory are exempt"
+        );
+        let m = message(with(
+            "",
+            "[store]\nurl = \"postgres://jwksd:s3cr3t@db.example.com/jwksd\"\n",
+        ));
+        assert!(
+            m.starts_with("etc/jwksd.toml: store.url = ") && m.contains("sslmode is prefer"),
+            "{m}"
+        );
+        assert!(!m.contains("s3cr3t"), "{m}");
     }
 
     #[test]

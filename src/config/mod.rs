@@ -9,6 +9,7 @@
 pub mod check;
 pub mod daemon;
 pub mod live;
+pub mod pg_tls;
 pub mod policy;
 pub mod url;
 

@@ -21,7 +21,7 @@ use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use serde::Deserialize;
 
-use super::check::{self, Checker, FieldError, ReadError, SyntaxError};
+use super::check::{self, Checker, FieldError, ReadError, SyntaxError, WritableError};
 use crate::types::{Alg, SetName, Span};
 
 /// Default `algorithms`: both, RS384 first (so `sign` defaults to RS384).
@@ -80,6 +80,9 @@ pub enum PolicyError {
     /// another policy file already uses.
     #[error(transparent)]
     Invalid(#[from] FieldError),
+    /// Group or others may write a policy file or the policy directory.
+    #[error(transparent)]
+    Writable(#[from] WritableError),
     /// Several files failed; one line per problem.
     #[error("{}", join_lines(.0))]
     Many(Vec<PolicyError>),
@@ -662,13 +665,43 @@ pub struct Policies {
     sets: BTreeMap<SetName, Arc<Policy>>,
     /// client_id -> the set that defines it.
     clients: HashMap<String, SetName>,
+    /// Files (and the directory) others may write, when loaded with
+    /// [`WritableFiles::Warn`]; reported among the warnings.
+    writable: Vec<WritableError>,
+}
+
+/// What a load does with a policy file or directory that group or others
+/// may write (a policy grants signing rights).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WritableFiles {
+    /// Refuse it: `serve` and every reload.
+    Refuse,
+    /// Load it and warn: `policy check`, which may run on a checkout
+    /// (a umask 002 one makes every file group-writable) rather than on
+    /// the deployed files.
+    Warn,
 }
 
 impl Policies {
     /// Loads every `*.toml` file of `dir` (not hidden, not recursive,
     /// symlinks followed), in file name order. A directory without policy
-    /// files is an error: a daemon with no key set serves nothing.
+    /// files is an error: a daemon with no key set serves nothing. The
+    /// directory and every file are refused if group or others may write
+    /// them.
     pub fn load_dir(dir: &Path) -> Result<Policies, PolicyError> {
+        Policies::load_dir_as(dir, WritableFiles::Refuse)
+    }
+
+    /// [`Policies::load_dir`] with the given treatment of files (and the
+    /// directory) that group or others may write.
+    pub fn load_dir_as(dir: &Path, writable: WritableFiles) -> Result<Policies, PolicyError> {
+        let mut others_may_write = Vec::new();
+        if let Some(e) = check::dir_writable(dir, "policy") {
+            match writable {
+                WritableFiles::Refuse => return Err(e.into()),
+                WritableFiles::Warn => others_may_write.push(e),
+            }
+        }
         let read_err = |source| PolicyError::ReadDir {
             dir: dir.to_owned(),
             source,
@@ -691,20 +724,43 @@ impl Policies {
             });
         }
         files.sort();
-        Policies::load_files(&files)
+        let mut policies = Policies::load_files_as(&files, writable)?;
+        others_may_write.append(&mut policies.writable);
+        policies.writable = others_may_write;
+        Ok(policies)
     }
 
     /// Loads the given files (in the given order; on a cross-file duplicate
     /// the earlier file wins and the later one is reported). Reports every
     /// failing file: one error, or [`PolicyError::Many`] with one per file.
+    /// A file that group or others may write is refused.
     pub fn load_files(files: &[PathBuf]) -> Result<Policies, PolicyError> {
+        Policies::load_files_as(files, WritableFiles::Refuse)
+    }
+
+    /// [`Policies::load_files`] with the given treatment of files that
+    /// group or others may write.
+    pub fn load_files_as(
+        files: &[PathBuf],
+        writable: WritableFiles,
+    ) -> Result<Policies, PolicyError> {
         if files.is_empty() {
             return Err(PolicyError::NoFiles);
         }
         let mut policies = Policies::default();
         let mut errors = Vec::new();
         for file in files {
-            match Policy::load_file(file).and_then(|p| policies.insert(p)) {
+            let loaded = check::read_guarded(file, "policy")
+                .map_err(PolicyError::from)
+                .and_then(|(text, others_may_write)| {
+                    match (others_may_write, writable) {
+                        (Some(e), WritableFiles::Refuse) => return Err(e.into()),
+                        (Some(e), WritableFiles::Warn) => policies.writable.push(e),
+                        (None, _) => {}
+                    }
+                    Policy::from_toml(file, &text)
+                });
+            match loaded.and_then(|p| policies.insert(p)) {
                 Ok(()) => {}
                 Err(e) => errors.push(e),
             }
@@ -782,7 +838,11 @@ impl Policies {
 
     /// Every policy's [`Policy::warnings`], in set name order.
     pub fn warnings(&self) -> Vec<String> {
-        self.iter().flat_map(|p| p.warnings()).collect()
+        self.writable
+            .iter()
+            .map(|e| format!("{e}; jwksd serve and reload refuse it as it is"))
+            .chain(self.iter().flat_map(|p| p.warnings()))
+            .collect()
     }
 
     /// The policy defining `client_id` and that client's entry.

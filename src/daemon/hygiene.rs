@@ -1,6 +1,8 @@
-//! Process hygiene at start-up: no core dumps (they would hold unsealed
-//! keys), no ptrace by same-uid processes, refuse to run as root unless the
-//! operator says so, and tell systemd when the daemon is ready.
+//! Process hygiene at start-up, for `serve` and for every other command
+//! that holds keys in clear or writes key files (`init`, `seal
+//! rotate-master`): no core dumps (they would hold unsealed keys), no
+//! ptrace by same-uid processes, refuse to run as root unless the operator
+//! says so; and tell systemd when the daemon is ready.
 
 use nix::sys::resource::{Resource, setrlimit};
 
@@ -11,6 +13,14 @@ pub enum HygieneError {
         "refusing to run as root: a key daemon needs no privileges; run it as a dedicated user (see deploy/systemd) or pass --allow-root"
     )]
     Root,
+    /// A command that writes key files, run as root.
+    #[error(
+        "refusing to run `jwksd {command}` as root: the key files it writes would belong to root, and the daemon, running as its own user, could not read them; run it as the daemon's user (e.g. `sudo -u jwksd jwksd {command}`), or pass --allow-root if the daemon runs as root too (a container whose user namespace maps root to an unprivileged uid)"
+    )]
+    RootKeyCommand {
+        /// The command as typed after `jwksd`, e.g. `seal rotate-master`.
+        command: &'static str,
+    },
 }
 
 /// Refuses uid 0 unless `allow_root`.
@@ -21,6 +31,19 @@ pub fn check_user(allow_root: bool) -> Result<(), HygieneError> {
     if nix::unistd::geteuid().is_root() {
         tracing::warn!("running as root (--allow-root)");
     }
+    Ok(())
+}
+
+/// Refuses uid 0 for a command that writes key files (`init`, `seal
+/// rotate-master`) unless `allow_root`, as [`check_user`] does for `serve`.
+pub fn check_key_command_user(command: &'static str, allow_root: bool) -> Result<(), HygieneError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    if !allow_root {
+        return Err(HygieneError::RootKeyCommand { command });
+    }
+    tracing::warn!(command, "running as root (--allow-root)");
     Ok(())
 }
 

@@ -92,7 +92,7 @@ impl Drop for AbortOnDrop {
 }
 
 impl PostgresStore {
-    /// Connects to `url` (`postgres://user:pass@host/db?sslmode=require`,
+    /// Connects to `url` (`postgres://user:pass@host/db?sslmode=verify-full`,
     /// every libpq-style parameter sqlx understands), applies pending
     /// migrations (serialized across replicas by sqlx's migration lock) and
     /// starts listening for other writers' changes.
@@ -100,10 +100,15 @@ impl PostgresStore {
     /// Errors: [`StoreError::Backend`] when the database does not answer
     /// within 5 s or refuses the connection; [`StoreError::Migrate`].
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        // Error texts never include the URL: it may hold a password.
+        // Error texts never include the URL: it may hold a password. The
+        // config load applied the TLS rule already; applying it again here
+        // covers every other way in (the environment may have changed, a
+        // caller may build the URL itself).
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL URL: {e}")))?
             .application_name("jwksd");
+        crate::config::pg_tls::check_options(&options)
+            .map_err(|e| StoreError::Backend(format!("store.url refused: {e}")))?;
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(ACQUIRE_TIMEOUT)

@@ -463,6 +463,15 @@ dir = "policies"
     std::fs::write(&key_path, format!("{master_key_b64}\n")).unwrap();
     std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(dir.join("policies/default.toml"), policy).unwrap();
+    // The daemon refuses a config or policy that group or others may
+    // write: whatever the umask of whoever runs the tests.
+    for (path, mode) in [
+        ("jwksd.toml", 0o644),
+        ("policies", 0o755),
+        ("policies/default.toml", 0o644),
+    ] {
+        std::fs::set_permissions(dir.join(path), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
 }
 
 /// `n` daemons sharing one store and one master key, each in its own
