@@ -74,7 +74,7 @@ pub(super) async fn rotate(
             .map(str::parse::<Alg>)
             .transpose()
             .map_err(|e| ApiError::bad_request(format!("alg: {e}")))?;
-        entry.detail = Some(format!("set {set} now={}", req.now));
+        entry.explain(format!("set {set} now={}", req.now));
         let (outcome, _events) = state
             .lifecycle
             .rotate(&set, alg, req.now)
@@ -89,7 +89,7 @@ pub(super) async fn rotate(
         Ok(outcome)
     }
     .await;
-    audited(&state.auditor, entry, result).await.map(Json)
+    audited(&state, entry, result).await.map(Json)
 }
 
 pub(super) async fn revoke(
@@ -128,7 +128,7 @@ pub(super) async fn revoke(
         }))
     }
     .await;
-    audited(&state.auditor, entry, result).await.map(Json)
+    audited(&state, entry, result).await.map(Json)
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,7 +156,7 @@ pub(super) async fn audit_tail(
     let allowed = require_any_admin(&state, &peer).and_then(|()| {
         query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))
     });
-    let Query(q) = audited(&state.auditor, entry, allowed).await?;
+    let Query(q) = audited(&state, entry, allowed).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 100_000);
     let records = state
         .store
@@ -180,7 +180,7 @@ pub(super) async fn audit_verify(
 ) -> Result<Json<VerifyAnswer>, ApiError> {
     let entry = peer.audit(state.clock.now().timestamp(), "audit");
     let allowed = require_any_admin(&state, &peer);
-    audited(&state.auditor, entry, allowed).await?;
+    audited(&state, entry, allowed).await?;
     let records = state.store.audit_all().await.map_err(ApiError::internal)?;
     let anchor = state
         .store

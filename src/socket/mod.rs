@@ -15,6 +15,7 @@ pub mod keys;
 pub mod limits;
 pub mod listener;
 pub mod peer;
+pub mod refusals;
 pub mod router;
 mod state;
 
