@@ -1,11 +1,15 @@
 //! Admin requests: rotate, revoke, and the audit trail. Only callers marked
-//! `admin = true` in the policy of the set concerned.
+//! `admin = true` in the policy of the set concerned; to an admin, a set or
+//! kid of a set it is not an admin of is answered as one that does not
+//! exist, and the audit trail shows it its own sets' records
+//! (`audit_scope`).
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use serde::{Deserialize, Serialize};
 
+use super::audit_scope::AuditScope;
 use super::audited::audited;
 use super::body::read_json;
 use super::error::ApiError;
@@ -62,12 +66,12 @@ pub(super) async fn rotate(
         let req: RotateRequest = read_json(request.into_body()).await?;
         let set = SetName::new(&req.set).map_err(|e| ApiError::bad_request(format!("set: {e}")))?;
         let policies = state.policies.current();
-        let policy = policies
+        // A set this caller is not an admin of gets the answer of a set
+        // that does not exist: admins of one set learn nothing of others.
+        policies
             .get(&set)
+            .filter(|policy| peer.is_admin_of(policy))
             .ok_or_else(|| ApiError::not_found(format!("set: no key set named {:?}", req.set)))?;
-        if !peer.is_admin_of(policy) {
-            return Err(not_admin(&peer, &format!("set {set}")));
-        }
         let alg = req
             .alg
             .as_deref()
@@ -102,18 +106,19 @@ pub(super) async fn revoke(
         // Non-admins learn nothing about which sets or kids exist.
         require_any_admin(&state, &peer)?;
         let req: RevokeRequest = read_json(request.into_body()).await?;
-        entry.kid = Some(req.kid.clone());
         let snapshot = state.keyring.snapshot();
+        let policies = state.policies.current();
+        // A key of a set this caller is not an admin of gets the answer of
+        // a kid that does not exist. The record names a kid only once it is
+        // a key of the caller's sets (audit reads are scoped by it); the
+        // refusal's message says what was asked.
         let key = snapshot
             .keys
             .iter()
             .find(|k| k.kid.as_str() == req.kid)
+            .filter(|k| policies.get(&k.set).is_some_and(|p| peer.is_admin_of(p)))
             .ok_or_else(|| ApiError::not_found(format!("kid: no key {:?}", req.kid)))?;
-        let policies = state.policies.current();
-        let admin = policies.get(&key.set).is_some_and(|p| peer.is_admin_of(p));
-        if !admin {
-            return Err(not_admin(&peer, &format!("set {}", key.set)));
-        }
+        entry.kid = Some(req.kid.clone());
         let (outcome, _events): (RevokeOutcome, _) = state
             .lifecycle
             .revoke(&key.kid)
@@ -158,12 +163,29 @@ pub(super) async fn audit_tail(
     });
     let Query(q) = audited(&state, entry, allowed).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 100_000);
-    let records = state
-        .store
-        .audit_tail(limit)
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(Json(records))
+    let policies = state.policies.current();
+    let scope = AuditScope::of(&peer, &policies).ok_or_else(|| not_admin(&peer, "any key set"))?;
+    // The newest `limit` records this admin may see: read further back
+    // while the ones read hold too few of them.
+    let mut read = limit;
+    loop {
+        let records = state
+            .store
+            .audit_tail(read)
+            .await
+            .map_err(ApiError::internal)?;
+        let all_read = records.len() < read as usize || read == u32::MAX;
+        let mut shown: Vec<AuditRecord> = records
+            .into_iter()
+            .filter(|r| scope.sees(&r.entry, &policies))
+            .collect();
+        if shown.len() >= limit as usize || all_read {
+            let extra = shown.len().saturating_sub(limit as usize);
+            shown.drain(..extra);
+            return Ok(Json(shown));
+        }
+        read = read.saturating_mul(8);
+    }
 }
 
 /// What `audit verify` reports.

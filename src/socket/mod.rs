@@ -6,6 +6,7 @@
 
 mod admin;
 mod assertions;
+pub mod audit_scope;
 mod audited;
 pub mod authorize;
 mod body;
