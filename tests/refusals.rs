@@ -65,8 +65,8 @@ async fn a_refusal_flood_grows_the_store_by_a_bounded_amount() {
         let answers = tokio::task::spawn_blocking(move || {
             let who = As {
                 uid: STRANGER,
-                gid: SOCKET_GROUP,
-                groups: &[],
+                gid: STRANGER,
+                groups: &[SOCKET_GROUP],
             };
             curl_as(
                 &socket,
@@ -99,8 +99,12 @@ async fn a_refusal_flood_grows_the_store_by_a_bounded_amount() {
     // The budget: 60 at once, then one a second; the rest is counted.
     let budget = 60 + elapsed as usize + 1;
     let mut recorded = 0;
-    let callers: &[u32] = if others { &[0, STRANGER] } else { &[0] };
-    for &uid in callers {
+    let callers = if others {
+        vec![my_uid(), STRANGER]
+    } else {
+        vec![my_uid()]
+    };
+    for &uid in &callers {
         let refused = refused_of(uid);
         assert!(
             (60..=budget).contains(&refused.len()),
@@ -110,6 +114,14 @@ async fn a_refusal_flood_grows_the_store_by_a_bounded_amount() {
         for r in &refused {
             let size = r.to_string().len();
             assert!(size < 3000, "a refusal record of {size} bytes: {r}");
+            // The cut message leaves room for the caller's groups.
+            let detail = r["detail"].as_str().unwrap();
+            if uid == my_uid() {
+                assert!(detail.contains("…(truncated: "), "{detail}");
+            }
+            if uid == STRANGER || !nix::unistd::getgroups().unwrap().is_empty() {
+                assert!(detail.contains("; groups "), "{detail}");
+            }
         }
         recorded += refused.len();
     }

@@ -13,8 +13,12 @@ use super::chain::AuditEntry;
 
 /// Bytes kept of a client_id, audience, kid, jti or exe path.
 pub const FIELD_BYTES: usize = 256;
-/// Bytes kept of a detail (the refusal's message, which may quote them).
-pub const DETAIL_BYTES: usize = 1024;
+/// Bytes kept of a refusal's message (it may quote them), which goes
+/// first in the detail.
+pub const MESSAGE_BYTES: usize = 1024;
+/// Bytes kept of a whole detail: the message, then the caller's groups
+/// (`socket::peer`, already bounded), with room to spare.
+pub const DETAIL_BYTES: usize = 2048;
 
 /// `text` when it fits in `max` bytes; else its first `max` bytes (cut at
 /// a character boundary) followed by
@@ -107,7 +111,7 @@ mod tests {
         }
         .bounded();
         let size = serde_json::to_vec(&entry).unwrap().len();
-        assert!(size < 3000, "{size} bytes");
+        assert!(size < 4000, "{size} bytes");
     }
 
     #[test]

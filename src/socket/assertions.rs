@@ -20,6 +20,7 @@ use super::error::ApiError;
 use super::peer::Peer;
 use super::refusals;
 use super::state::SocketState;
+use crate::audit::bounded::{MESSAGE_BYTES, bounded};
 use crate::audit::chain::AuditEntry;
 use crate::audit::writer::{AuditError, Auditor, Receipt, Ticket};
 use crate::jose::{AssertionClaims, JwtHeader, encode_jws, new_jti};
@@ -78,7 +79,9 @@ pub(super) async fn create(
         }
         Err(e) => {
             entry.outcome = e.code.to_owned();
-            entry.explain(e.message.clone());
+            // Bounded before the groups go after it: a long message must
+            // not push them out of the record.
+            entry.explain(bounded(&e.message, MESSAGE_BYTES));
         }
     }
     // Label values come from the policy, never from the request: a caller

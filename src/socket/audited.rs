@@ -5,6 +5,7 @@
 use super::error::ApiError;
 use super::refusals;
 use super::state::SocketState;
+use crate::audit::bounded::{MESSAGE_BYTES, bounded};
 use crate::audit::chain::AuditEntry;
 
 /// Records `entry` with the outcome of `result` (a refusal is logged too,
@@ -24,7 +25,7 @@ pub async fn audited<T>(
             .map_err(ApiError::internal)?,
         Err(e) => {
             entry.outcome = e.code.to_owned();
-            entry.explain(e.message.clone());
+            entry.explain(bounded(&e.message, MESSAGE_BYTES));
             let at = entry.at;
             if let Some(records) = state.refusals.admit(entry, at) {
                 if let Some(r) = records.last() {
