@@ -105,8 +105,11 @@ pub(super) async fn create(
             hand_in(&state.auditor, record, entry, result.is_err()).await
         }
         // Refused: within the caller's budget of refusal records. A ticket
-        // is dropped unused: batches need not wait for a refusal.
-        (Err(e), _) => record_refusal(&state, &peer, entry, e).await,
+        // is dropped unused first: batches need not wait for a refusal.
+        (Err(e), record) => {
+            drop(record);
+            record_refusal(&state, &peer, entry, e).await
+        }
     };
     if let Err(e) = written {
         return Err(ApiError::internal(e));
