@@ -27,6 +27,14 @@ pub struct SignLabels {
     pub outcome: String,
 }
 
+/// Labels of suppressed refusal records: why they were left out
+/// (`uid_budget` or `spool_full`). Never a caller's uid or text: a label
+/// value per caller would let callers mint series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SuppressedLabels {
+    pub why: String,
+}
+
 /// Labels of per-key-slot gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SlotLabels {
@@ -55,6 +63,9 @@ pub struct Metrics {
     pub leader: Gauge,
     /// The audit writer's batches (handed to it at start).
     pub audit: AuditMetrics,
+    /// Refusals counted instead of recorded one by one: a uid over
+    /// `store.audit_refusals_per_minute` (`socket::refusals`).
+    pub refusals_over_budget: Counter,
     key_age: Family<SlotLabels, Gauge>,
     next_transition: Family<SlotLabels, Gauge>,
 }
@@ -110,7 +121,24 @@ impl Default for Metrics {
             "1 where this replica runs lifecycle transitions",
             leader.clone(),
         );
-        let audit = AuditMetrics::default();
+        let suppressed = Family::<SuppressedLabels, Counter>::default();
+        registry.register(
+            "jwksd_audit_refusals_suppressed",
+            "Refused requests not recorded one by one: over the uid's budget (summarised in one record), or the store down and the spool past its refusal room",
+            suppressed.clone(),
+        );
+        let why = |why: &str| {
+            suppressed
+                .get_or_create(&SuppressedLabels {
+                    why: why.to_owned(),
+                })
+                .clone()
+        };
+        let refusals_over_budget = why("uid_budget");
+        let audit = AuditMetrics {
+            refusals_dropped: why("spool_full"),
+            ..AuditMetrics::default()
+        };
         registry.register(
             "jwksd_audit_write_seconds",
             "Time to make one batch of audit records durable",
@@ -144,6 +172,7 @@ impl Default for Metrics {
             store_errors,
             leader,
             audit,
+            refusals_over_budget,
             key_age,
             next_transition,
         }

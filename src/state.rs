@@ -11,6 +11,7 @@ use crate::http::paths::PublicUrl;
 use crate::keyring::Keyring;
 use crate::lifecycle::executor::Executor;
 use crate::metrics::Metrics;
+use crate::socket::refusals::RefusalGate;
 use crate::store::Store;
 use crate::workers::signing_pool::SigningPool;
 
@@ -34,4 +35,6 @@ pub struct Shared {
     pub lifecycle: Arc<Executor>,
     /// `server.public_url`, for `jku` headers.
     pub public_url: PublicUrl,
+    /// Per-uid budgets of refusal records (`socket::refusals`).
+    pub refusals: Arc<RefusalGate>,
 }

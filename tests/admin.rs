@@ -393,3 +393,165 @@ async fn sighup_refuses_a_bad_policy_and_reschedules_on_a_good_one() {
     assert_eq!(reloads[0]["outcome"], "refused");
     assert_eq!(reloads[1]["outcome"], "ok");
 }
+
+/// The uid of the admin of the second set, `partner` (a `curl_as` child).
+const PARTNER_ADMIN: u32 = 65534;
+
+/// A second set, `partner`, ES384 only, whose admin (and only caller) is
+/// PARTNER_ADMIN.
+fn partner_policy() -> String {
+    format!(
+        r#"name = "partner"
+algorithms = ["ES384"]
+rotate_every = "30d"
+publish_ahead = "2d"
+grace = "7d"
+jwks_max_age = "1h"
+assertion_lifetime = "4m"
+clock_skew = "1m"
+
+[[clients]]
+client_id = "partner-app"
+audiences = ["{AUD}"]
+
+[[callers]]
+uid = {PARTNER_ADMIN}
+clients = ["partner-app"]
+admin = true
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_of_one_set_reads_and_probes_only_its_own_sets() {
+    if !can_run_callers_as_others("admin scoping") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    write_files(tmp.path(), &policy(""));
+    std::fs::write(tmp.path().join("policies/partner.toml"), partner_policy()).unwrap();
+    open_socket_to_group(tmp.path(), PARTNER_ADMIN);
+    let d = Daemon::start_in(tmp.path());
+    d.ready().await;
+    let partner = As {
+        uid: PARTNER_ADMIN,
+        gid: PARTNER_ADMIN,
+        groups: &[],
+    };
+    let as_partner = |method: &'static str, path: &'static str, body: Option<Value>| {
+        let socket = d.socket.clone();
+        let body = body.map(|b| b.to_string());
+        let who = As { ..partner };
+        tokio::task::spawn_blocking(move || {
+            let (status, text) = curl_as(&socket, &who, method, path, body.as_deref(), 1).remove(0);
+            let value: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{status} not JSON ({e}): {text}"));
+            (status, value)
+        })
+    };
+
+    // One signature in each set, by each set's own caller.
+    let own = d.assertion("ES384").await;
+    let (status, theirs) = as_partner(
+        "POST",
+        "/v1/assertions",
+        Some(json!({"client_id": "partner-app", "audience": AUD})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{theirs}");
+    let partner_kid = theirs["kid"].as_str().unwrap().to_owned();
+    assert!(partner_kid.starts_with("partner-es384-"), "{partner_kid}");
+
+    // Keys: each admin lists its own set's keys only.
+    let (_, keys) = d.socket_json(Method::GET, "/v1/keys", None).await;
+    assert!(
+        keys.as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["set"] == "default")
+    );
+    let (_, keys) = as_partner("GET", "/v1/keys", None).await.unwrap();
+    assert!(!keys.as_array().unwrap().is_empty());
+    assert!(
+        keys.as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["set"] == "partner")
+    );
+
+    // Probing the other set answers as for a set or kid that does not
+    // exist, word for word.
+    let ask = |path: &'static str, body: Value| d.socket_json(Method::POST, path, Some(body));
+    let (status, other_set) = ask("/v1/admin/rotate", json!({"set": "partner", "now": true})).await;
+    let (_, no_set) = ask("/v1/admin/rotate", json!({"set": "nope", "now": true})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{other_set}");
+    assert_eq!(
+        other_set["message"]
+            .as_str()
+            .unwrap()
+            .replace("partner", "nope"),
+        no_set["message"].as_str().unwrap()
+    );
+    let unknown_kid = partner_kid.replace("-v1-", "-v99-");
+    let (status, other_kid) = ask("/v1/admin/revoke", json!({"kid": partner_kid})).await;
+    let (_, no_kid) = ask("/v1/admin/revoke", json!({"kid": unknown_kid})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{other_kid}");
+    assert_eq!(
+        other_kid["message"]
+            .as_str()
+            .unwrap()
+            .replace(&partner_kid, &unknown_kid),
+        no_kid["message"].as_str().unwrap()
+    );
+    // Nothing changed in the other set.
+    let (_, keys) = as_partner("GET", "/v1/keys", None).await.unwrap();
+    let still = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == partner_kid.as_str());
+    assert_eq!(still.unwrap()["state"], "active");
+
+    // The audit trail: each admin reads its own set's records only.
+    let of_set = |records: &Value, set: &str, client: &str| {
+        records
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r["kid"]
+                    .as_str()
+                    .is_some_and(|k| k.starts_with(&format!("{set}-")))
+                    || r["client_id"] == client
+            })
+            .count()
+    };
+    let (status, mine) = d
+        .socket_json(Method::GET, "/v1/audit?limit=100000", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{mine}");
+    assert!(
+        mine.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["jti"] == own["jti"]),
+        "{mine}"
+    );
+    assert_eq!(of_set(&mine, "partner", "partner-app"), 0, "{mine}");
+    let (status, theirs_read) = as_partner("GET", "/v1/audit?limit=100000", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{theirs_read}");
+    let theirs_read = theirs_read.as_array().unwrap();
+    assert!(theirs_read.iter().any(|r| r["jti"] == theirs["jti"]));
+    // Nor the other admin's probes: they name no key of a set and no client.
+    assert!(
+        theirs_read.iter().all(|r| r["uid"] == PARTNER_ADMIN),
+        "{theirs_read:?}"
+    );
+    // `limit` counts the records shown: the newest of this admin's sets.
+    let (_, one) = d.socket_json(Method::GET, "/v1/audit?limit=1", None).await;
+    assert_eq!(one.as_array().unwrap().len(), 1);
+    assert_eq!(one[0]["jti"], own["jti"], "{one}");
+}

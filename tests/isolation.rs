@@ -165,7 +165,8 @@ async fn a_flooding_caller_does_not_starve_another() {
     assert!(rate > 0, "A was never refused for max_per_second");
     assert!(*worst < Duration::from_secs(2), "B waited {worst:?}");
 
-    // A's refusals are audited, with the limit named.
+    // A's refusals are audited, with the limit named: one record each up
+    // to A's budget of refusal records, the rest counted.
     let (status, records) = d
         .socket_json(Method::GET, "/v1/audit?limit=100000", None)
         .await;
@@ -182,8 +183,18 @@ async fn a_flooding_caller_does_not_starve_another() {
             .filter(|r| r["detail"].as_str().is_some_and(|d| d.contains(what)))
             .count() as u64
     };
-    assert_eq!(named("max_concurrent"), concurrent);
-    assert_eq!(named("max_per_second"), rate);
+    assert!(named("max_concurrent") > 0 && named("max_per_second") > 0);
+    assert_eq!(
+        named("max_concurrent") + named("max_per_second"),
+        refused.len() as u64
+    );
+    let suppressed = metric(
+        &d,
+        "jwksd_audit_refusals_suppressed_total{why=\"uid_budget\"}",
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.len() as u64 + suppressed as u64, concurrent + rate);
     let b_ok = records
         .as_array()
         .unwrap()

@@ -3,6 +3,7 @@
 //! batches, spooling to a local file while the store is down ([`writer`]).
 //! Storage itself is the store's.
 
+pub mod bounded;
 pub mod chain;
 pub mod writer;
 

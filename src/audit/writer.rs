@@ -7,7 +7,11 @@
 //! entries go to a local spool file (JSON lines, fsynced) instead, so that
 //! signing goes on; the spool is replayed into the chain, in order and before
 //! anything newer, as soon as the store answers again. Only when neither the
-//! store nor the spool can take an entry is the request refused.
+//! store nor the spool can take an entry is the request refused. The records
+//! of refused requests (`Auditor::record_refusals`) are spooled only while
+//! the spool is smaller than its refusal room (`store.audit_spool_refusal_bytes`):
+//! past it they are counted and left out, so that refusals never take the
+//! room signatures need; one record says how many once the store answers.
 //!
 //! Group commit waits for siblings: while other signing requests are on a
 //! CPU, about to hand in their entries, the writer gives them up to
@@ -27,6 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -74,6 +79,9 @@ struct Job {
     /// Handed in before its signature was made: set once someone waits for
     /// it (`Receipt`); `None` for an entry whose caller waits at once.
     early: Option<Arc<AtomicBool>>,
+    /// The record of a refused request: left out of a spool that is past
+    /// its refusal room.
+    refusal: bool,
 }
 
 impl Job {
@@ -93,6 +101,9 @@ pub struct AuditMetrics {
     pub write_seconds: Histogram,
     /// Entries per batch (how many requests shared one fsync).
     pub batch_entries: Histogram,
+    /// Refusal records left out because the store was down and the spool
+    /// past its refusal room.
+    pub refusals_dropped: Counter,
 }
 
 impl Default for AuditMetrics {
@@ -100,6 +111,7 @@ impl Default for AuditMetrics {
         AuditMetrics {
             write_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            refusals_dropped: Counter::default(),
         }
     }
 }
@@ -238,22 +250,24 @@ impl Drop for Ticket<'_> {
 
 impl Auditor {
     /// Starts the writer task on the current runtime. `spool` is the file
-    /// used while the store is down (`None`: no spool, refuse instead). The
-    /// task ends when every `Auditor` clone is dropped, after writing what
-    /// was queued.
+    /// used while the store is down (`None`: no spool, refuse instead);
+    /// refusal records go there only while it is under `refusal_room`
+    /// bytes. The task ends when every `Auditor` clone is dropped, after
+    /// writing what was queued.
     pub fn start(
         store: Arc<dyn Store>,
         spool: Option<PathBuf>,
+        refusal_room: u64,
         metrics: AuditMetrics,
     ) -> (Auditor, tokio::task::JoinHandle<()>) {
-        Self::start_waiting(store, spool, metrics, GATHER, HOLD)
+        Self::start_waiting(store, (spool, refusal_room), metrics, GATHER, HOLD)
     }
 
     /// `start`, with batches waiting up to `gather` for tickets and holding
     /// early entries up to `hold`.
     fn start_waiting(
         store: Arc<dyn Store>,
-        spool: Option<PathBuf>,
+        (spool, refusal_room): (Option<PathBuf>, u64),
         metrics: AuditMetrics,
         gather: Duration,
         hold: Duration,
@@ -263,7 +277,7 @@ impl Auditor {
         let on_the_way = Arc::new(OnTheWay::default());
         let task = tokio::spawn(write_loop(
             store,
-            Spool::open(spool),
+            Spool::open(spool, refusal_room),
             Incoming {
                 rx,
                 on_the_way: on_the_way.clone(),
@@ -307,10 +321,35 @@ impl Auditor {
                 entry,
                 done,
                 early: None,
+                refusal: false,
             })
             .await
             .map_err(|_| AuditError::Stopped)?;
         wait.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    /// Appends the records of a refused request (and a summary before it,
+    /// see `socket::refusals`) and waits until they are durable, or left
+    /// out because the store is down and the spool past its refusal room.
+    pub async fn record_refusals(&self, entries: Vec<AuditEntry>) -> Result<(), AuditError> {
+        let mut waits = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let (done, wait) = oneshot::channel();
+            self.tx
+                .send(Job {
+                    entry,
+                    done,
+                    early: None,
+                    refusal: true,
+                })
+                .await
+                .map_err(|_| AuditError::Stopped)?;
+            waits.push(wait);
+        }
+        for wait in waits {
+            wait.await.map_err(|_| AuditError::Stopped)??;
+        }
+        Ok(())
     }
 
     /// Hands `entry` to the writer before the signature it records is made;
@@ -330,6 +369,7 @@ impl Auditor {
                 entry,
                 done,
                 early: Some(waited.clone()),
+                refusal: false,
             })
             .await
             .map_err(|_| AuditError::Stopped)?;
@@ -344,38 +384,58 @@ impl Auditor {
 /// The local overflow file.
 struct Spool {
     path: Option<PathBuf>,
-    /// Whether the file holds entries. Kept here, and read from the disk
-    /// only at start and after the spool was written or replayed: asking
-    /// the file system on every batch cost two `stat` calls per batch.
-    /// Only this daemon writes the file; one deleted by hand while pending
-    /// fails the next replay, and batches go to a new spool until the
-    /// replay after it (2 s) finds it readable: nothing is lost.
-    pending: bool,
+    /// The file's size: it holds entries when not 0. Kept here, and read
+    /// from the disk only at start and after the spool was written or
+    /// replayed: asking the file system on every batch cost two `stat`
+    /// calls per batch. Only this daemon writes the file; one deleted by
+    /// hand while pending fails the next replay, and batches go to a new
+    /// spool until the replay after it (2 s) finds it readable: nothing is
+    /// lost.
+    len: u64,
+    /// Refusal records are spooled only while `len` is below this.
+    refusal_room: u64,
 }
 
 impl Spool {
-    fn open(path: Option<PathBuf>) -> Spool {
-        let pending = Self::on_disk(path.as_deref());
-        Spool { path, pending }
+    fn open(path: Option<PathBuf>, refusal_room: u64) -> Spool {
+        let len = Self::on_disk(path.as_deref());
+        Spool {
+            path,
+            len,
+            refusal_room,
+        }
     }
 
-    fn on_disk(path: Option<&Path>) -> bool {
+    fn on_disk(path: Option<&Path>) -> u64 {
         path.and_then(|p| std::fs::metadata(p).ok())
-            .is_some_and(|m| m.len() > 0)
+            .map_or(0, |m| m.len())
     }
 
     fn pending(&self) -> bool {
-        self.pending
+        self.len > 0
     }
 
-    fn append(&mut self, entries: &[AuditEntry]) -> Result<(), String> {
-        let written = self.write(entries);
+    /// Appends `entries`, but those marked in `refusals` only while the
+    /// spool is under its refusal room; how many were left out.
+    fn append(&mut self, entries: &[AuditEntry], refusals: &[bool]) -> Result<usize, String> {
+        let room = self.len < self.refusal_room;
+        let kept: Vec<&AuditEntry> = entries
+            .iter()
+            .zip(refusals)
+            .filter(|(_, refusal)| room || !**refusal)
+            .map(|(e, _)| e)
+            .collect();
+        let left_out = entries.len() - kept.len();
+        if kept.is_empty() {
+            return Ok(left_out);
+        }
+        let written = self.write(&kept);
         // A failed write may still have left part of a line in the file.
-        self.pending = Self::on_disk(self.path.as_deref());
-        written
+        self.len = Self::on_disk(self.path.as_deref());
+        written.map(|()| left_out)
     }
 
-    fn write(&self, entries: &[AuditEntry]) -> Result<(), String> {
+    fn write(&self, entries: &[&AuditEntry]) -> Result<(), String> {
         let path = self.path.as_deref().ok_or("no spool configured")?;
         let mut buf = Vec::new();
         for e in entries {
@@ -432,7 +492,7 @@ impl Spool {
                     // be replayed twice, so say so loudly.
                     tracing::error!(error = %e, path = %path.display(), "audit spool replayed but not removed");
                 }
-                self.pending = Self::on_disk(Some(path));
+                self.len = Self::on_disk(Some(path));
                 tracing::info!(
                     entries = entries.len(),
                     "audit spool replayed into the store"
@@ -529,6 +589,8 @@ async fn write_loop(
     // timeout (10 s), and every batch waiting that long would stall signing.
     let mut store_down_until: Option<std::time::Instant> = None;
     let retry_later = || Some(std::time::Instant::now() + REPLAY_EVERY);
+    // Refusal records left out of the spool, not yet said in the chain.
+    let mut dropped: Option<Dropped> = None;
     loop {
         let received = if spool.pending() {
             match tokio::time::timeout(REPLAY_EVERY, incoming.rx.recv_many(&mut batch, MAX_BATCH))
@@ -553,12 +615,31 @@ async fn write_loop(
         incoming.hold(&mut batch).await;
         incoming.gather(&mut batch).await;
         let started = std::time::Instant::now();
-        let (entries, waiters): (Vec<AuditEntry>, Vec<_>) =
-            batch.drain(..).map(|job| (job.entry, job.done)).unzip();
+        let mut refusals = Vec::with_capacity(batch.len());
+        let (mut entries, waiters): (Vec<AuditEntry>, Vec<_>) = batch
+            .drain(..)
+            .map(|job| {
+                refusals.push(job.refusal);
+                (job.entry, job.done)
+            })
+            .unzip();
+        let mut owed = None;
         // Older spooled entries go first, or the chain would be out of order.
         let result = if store_down_until.is_some_and(|t| std::time::Instant::now() < t) {
-            spool_or_fail(&mut spool, &entries, "store down, retried every 2 s")
+            spool_or_fail(
+                &mut spool,
+                (&entries, &refusals),
+                "store down, retried every 2 s",
+                &mut dropped,
+                &metrics,
+            )
         } else if spool.replay(store.as_ref()).await {
+            // What was left out while the store was down is said first.
+            owed = dropped.take();
+            if let Some(left) = owed {
+                entries.insert(0, left.summary(spool.refusal_room));
+                refusals.insert(0, false);
+            }
             match store.append_audit(&entries).await {
                 Ok(records) => {
                     store_down_until = None;
@@ -584,17 +665,30 @@ async fn write_loop(
                 }
                 Err(e) => {
                     store_down_until = retry_later();
-                    spool_or_fail(&mut spool, &entries, &e.to_string())
+                    spool_or_fail(
+                        &mut spool,
+                        (&entries, &refusals),
+                        &e.to_string(),
+                        &mut dropped,
+                        &metrics,
+                    )
                 }
             }
         } else {
             store_down_until = retry_later();
             spool_or_fail(
                 &mut spool,
-                &entries,
+                (&entries, &refusals),
                 "store down, older entries still spooled",
+                &mut dropped,
+                &metrics,
             )
         };
+        if result.is_err()
+            && let Some(left) = owed
+        {
+            dropped = Some(left.merge(dropped));
+        }
         metrics
             .write_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -606,10 +700,79 @@ async fn write_loop(
     spool.replay(store.as_ref()).await;
 }
 
-fn spool_or_fail(spool: &mut Spool, entries: &[AuditEntry], why: &str) -> Result<(), AuditError> {
-    match spool.append(entries) {
-        Ok(()) => {
-            tracing::warn!(entries = entries.len(), reason = %why, "audit entries spooled locally until the store answers");
+/// Refusal records the spool left out, since the chain last said so.
+#[derive(Debug, Clone, Copy)]
+struct Dropped {
+    count: u64,
+    first: i64,
+    last: i64,
+}
+
+impl Dropped {
+    fn merge(self, other: Option<Dropped>) -> Dropped {
+        match other {
+            None => self,
+            Some(o) => Dropped {
+                count: self.count + o.count,
+                first: self.first.min(o.first),
+                last: self.last.max(o.last),
+            },
+        }
+    }
+
+    /// The record that says so.
+    fn summary(self, refusal_room: u64) -> AuditEntry {
+        AuditEntry {
+            at: self.last,
+            action: "refusals".to_owned(),
+            outcome: "dropped".to_owned(),
+            detail: Some(format!(
+                "{} records of refused requests between {} and {} (unix seconds) were not written: the store did not answer and the audit spool was past store.audit_spool_refusal_bytes = {refusal_room}",
+                self.count, self.first, self.last
+            )),
+            ..AuditEntry::default()
+        }
+    }
+}
+
+fn spool_or_fail(
+    spool: &mut Spool,
+    (entries, refusals): (&[AuditEntry], &[bool]),
+    why: &str,
+    dropped: &mut Option<Dropped>,
+    metrics: &AuditMetrics,
+) -> Result<(), AuditError> {
+    match spool.append(entries, refusals) {
+        Ok(left_out) => {
+            if left_out > 0 {
+                // No room: every refusal of the batch was left out.
+                let ats = entries
+                    .iter()
+                    .zip(refusals)
+                    .filter(|(_, r)| **r)
+                    .map(|(e, _)| e.at);
+                let (first, last) = ats.fold((i64::MAX, i64::MIN), |(lo, hi), at| {
+                    (lo.min(at), hi.max(at))
+                });
+                let now = Dropped {
+                    count: left_out as u64,
+                    first,
+                    last,
+                };
+                // Said once per episode: a log line per refusal would fill
+                // the disk the spool is kept from.
+                if dropped.is_none() {
+                    tracing::warn!(
+                        spool_bytes = spool.len,
+                        "records of refused requests are left out (counted in jwksd_audit_refusals_suppressed_total): the store does not answer and the audit spool is past store.audit_spool_refusal_bytes"
+                    );
+                }
+                *dropped = Some(now.merge(*dropped));
+                metrics.refusals_dropped.inc_by(left_out as u64);
+            }
+            if left_out < entries.len() {
+                tracing::warn!(entries = entries.len() - left_out, reason = %why, "audit entries spooled locally until the store answers");
+            }
             Ok(())
         }
         Err(spool_err) => {
@@ -637,8 +800,13 @@ mod tests {
                 .unwrap(),
         );
         let metrics = AuditMetrics::default();
-        let (auditor, _task) =
-            Auditor::start_waiting(store.clone(), None, metrics.clone(), LONG_GATHER, LONG_HOLD);
+        let (auditor, _task) = Auditor::start_waiting(
+            store.clone(),
+            (None, 0),
+            metrics.clone(),
+            LONG_GATHER,
+            LONG_HOLD,
+        );
         (auditor, metrics, store)
     }
 
@@ -661,6 +829,7 @@ mod tests {
             entry: entry(jti),
             done,
             early: None,
+            refusal: false,
         };
         auditor.tx.send(job).await.unwrap();
         taken(auditor).await;

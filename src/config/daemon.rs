@@ -33,6 +33,10 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
 pub const DEFAULT_STORE_URL: &str = "sqlite:///var/lib/jwksd/jwksd.db";
 /// Default `store.audit_spool` with PostgreSQL.
 pub const DEFAULT_AUDIT_SPOOL: &str = "/var/lib/jwksd/audit-spool.jsonl";
+/// Default `store.audit_refusals_per_minute` (per peer uid).
+pub const DEFAULT_AUDIT_REFUSALS_PER_MINUTE: u32 = 60;
+/// Default `store.audit_spool_refusal_bytes`: 1 MiB.
+pub const DEFAULT_SPOOL_REFUSAL_BYTES: u64 = 1 << 20;
 /// Default `policies.dir`.
 pub const DEFAULT_POLICIES_DIR: &str = "/etc/jwksd/policies";
 
@@ -71,6 +75,16 @@ pub struct Config {
     /// (hourly, by the lease holder), keeping the chain verifiable from an
     /// anchor. `None` (the default): keep everything.
     pub audit_retention: Option<crate::types::Span>,
+    /// `[store] audit_refusals_per_minute`: refused requests of one peer
+    /// uid recorded one record each, at most this many per minute (a burst
+    /// of that many, then refilled evenly); the rest are counted and
+    /// summarised. Default 60, 1 to 100000.
+    pub audit_refusals_per_minute: u32,
+    /// `[store] audit_spool_refusal_bytes`: while the store does not
+    /// answer, records of refused requests are spooled only while the
+    /// spool is smaller than this (the rest of the disk is the
+    /// signatures'). Default 1048576 (1 MiB), 0 to 1073741824.
+    pub audit_spool_refusal_bytes: u64,
     /// `[seal] master_key_file`; `None` means the key comes from the
     /// `JWKSD_MASTER_KEY` environment variable.
     pub master_key_file: Option<PathBuf>,
@@ -212,6 +226,8 @@ struct RawStore {
     url: Option<String>,
     audit_spool: Option<String>,
     audit_retention: Option<String>,
+    audit_refusals_per_minute: Option<i64>,
+    audit_spool_refusal_bytes: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -365,6 +381,14 @@ impl Config {
             .as_deref()
             .map(|text| c.span("store.audit_retention", text))
             .transpose()?;
+        let audit_refusals_per_minute = match raw.store.audit_refusals_per_minute {
+            None => DEFAULT_AUDIT_REFUSALS_PER_MINUTE,
+            Some(n) => c.within("store.audit_refusals_per_minute", n, 1..=100_000)?,
+        };
+        let audit_spool_refusal_bytes = match raw.store.audit_spool_refusal_bytes {
+            None => DEFAULT_SPOOL_REFUSAL_BYTES,
+            Some(n) => c.within("store.audit_spool_refusal_bytes", n, 0..=1 << 30)?,
+        };
         let audit_spool = match raw.store.audit_spool.as_deref() {
             Some(p) => c.path("store.audit_spool", p)?,
             // Next to the SQLite file; for PostgreSQL in the state directory.
@@ -399,6 +423,8 @@ impl Config {
             store,
             audit_spool,
             audit_retention,
+            audit_refusals_per_minute,
+            audit_spool_refusal_bytes,
             master_key_file,
             policies_dir,
         })
@@ -570,6 +596,30 @@ mod tests {
         assert_eq!(
             message(with("", "[store]\naudit_retention = \"7 days\"")),
             "etc/jwksd.toml: store.audit_retention = \"7 days\": not a duration like \"90s\", \"5m\", \"1h30m\", \"7d\" or \"2w\" (units s, m, h, d, w; not zero)"
+        );
+    }
+
+    #[test]
+    fn the_bounds_of_refusal_records_have_defaults_and_ranges() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.audit_refusals_per_minute, 60);
+        assert_eq!(c.audit_spool_refusal_bytes, 1 << 20);
+        let c = with(
+            "",
+            "[store]\naudit_refusals_per_minute = 5\naudit_spool_refusal_bytes = 0",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.audit_refusals_per_minute, c.audit_spool_refusal_bytes),
+            (5, 0)
+        );
+        assert_eq!(
+            message(with("", "[store]\naudit_refusals_per_minute = 0")),
+            "etc/jwksd.toml: store.audit_refusals_per_minute = 0: must be between 1 and 100000"
+        );
+        assert_eq!(
+            message(with("", "[store]\naudit_spool_refusal_bytes = -1")),
+            "etc/jwksd.toml: store.audit_spool_refusal_bytes = -1: must be between 0 and 1073741824"
         );
     }
 

@@ -123,7 +123,8 @@ pub struct ClientPolicy {
 pub enum CallerMatch {
     /// Peer uid equals this (from `uid`, or `user` resolved at load).
     Uid(u32),
-    /// Peer gid equals this (from `gid`, or `group` resolved at load).
+    /// The peer's primary gid or one of its supplementary groups equals
+    /// this (from `gid`, or `group` resolved at load).
     Gid(u32),
 }
 

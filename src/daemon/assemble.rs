@@ -44,6 +44,8 @@ impl Parts {
             public_url: PublicUrl::new(&config.server.public_url),
             audit_spool: Some(config.audit_spool.clone()),
             audit_retention: config.audit_retention,
+            audit_refusals_per_minute: config.audit_refusals_per_minute,
+            audit_spool_refusal_bytes: config.audit_spool_refusal_bytes,
             limits: crate::net::Limits {
                 max_connections: config.server.max_connections,
                 header_timeout: config.server.header_timeout,

@@ -30,6 +30,7 @@ use crate::lifecycle::executor::Executor;
 use crate::metrics::Metrics;
 use crate::net::{self, Limits, Plain};
 use crate::socket::credentials::PeerCredentials;
+use crate::socket::refusals::{self, RefusalGate};
 use crate::state::Shared;
 use crate::store::Store;
 use crate::types::Span;
@@ -54,6 +55,10 @@ pub struct Parts {
     pub limits: Limits,
     /// Audit records older than this are pruned by the lease holder.
     pub audit_retention: Option<Span>,
+    /// Refusals of one peer uid recorded one by one per minute at most.
+    pub audit_refusals_per_minute: u32,
+    /// Refusal records are spooled only while the spool is under this.
+    pub audit_spool_refusal_bytes: u64,
     /// When set, the public listener speaks TLS with this certificate,
     /// re-read when its files change (checked every tick) and on SIGHUP.
     pub tls: Option<Arc<CertStore>>,
@@ -86,8 +91,13 @@ pub async fn run(
     let (auditor, audit_task) = Auditor::start(
         parts.store.clone(),
         parts.audit_spool.clone(),
+        parts.audit_spool_refusal_bytes,
         metrics.audit.clone(),
     );
+    let refusals = Arc::new(RefusalGate::new(
+        parts.audit_refusals_per_minute,
+        metrics.refusals_over_budget.clone(),
+    ));
     for warning in parts.policies.warnings() {
         tracing::warn!("{warning}");
     }
@@ -114,6 +124,7 @@ pub async fn run(
         metrics,
         signers: Arc::new(SigningPool::start(cores)?),
         public_url: parts.public_url,
+        refusals,
     };
     // Existing keys are served at once; a first start serves 503 until the
     // first tick has generated them.
@@ -131,6 +142,12 @@ pub async fn run(
         },
         &shutdown,
     );
+    let sweep = tokio::spawn(refusals::sweep(
+        shared.refusals.clone(),
+        shared.auditor.clone(),
+        shared.clock.clone(),
+        shutdown.clone(),
+    ));
     hygiene::notify_ready();
     let follow = ticker::Ticker {
         shared: shared.clone(),
@@ -142,6 +159,9 @@ pub async fn run(
     hygiene::notify_stopping();
     servers.close();
     servers.wait().await;
+    // The servers are done refusing: what is left to summarise is final.
+    let _ = sweep.await;
+    refusals::flush(&shared.refusals, &shared.auditor, shared.clock.as_ref()).await;
     // The audit writer ends when its last handle is gone: the servers'
     // router states went with them, this is the last.
     drop(follow);

@@ -1,11 +1,15 @@
 //! Admin requests: rotate, revoke, and the audit trail. Only callers marked
-//! `admin = true` in the policy of the set concerned.
+//! `admin = true` in the policy of the set concerned; to an admin, a set or
+//! kid of a set it is not an admin of is answered as one that does not
+//! exist, and the audit trail shows it its own sets' records
+//! (`audit_scope`).
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use serde::{Deserialize, Serialize};
 
+use super::audit_scope::AuditScope;
 use super::audited::audited;
 use super::body::read_json;
 use super::error::ApiError;
@@ -65,12 +69,12 @@ pub(super) async fn rotate(
         let req: RotateRequest = read_json(request.into_body()).await?;
         let set = SetName::new(&req.set).map_err(|e| ApiError::bad_request(format!("set: {e}")))?;
         let policies = state.policies.current();
-        let policy = policies
+        // A set this caller is not an admin of gets the answer of a set
+        // that does not exist: admins of one set learn nothing of others.
+        policies
             .get(&set)
+            .filter(|policy| peer.is_admin_of(policy))
             .ok_or_else(|| ApiError::not_found(format!("set: no key set named {:?}", req.set)))?;
-        if !peer.is_admin_of(policy) {
-            return Err(not_admin(&peer, &format!("set {set}")));
-        }
         let alg = req
             .alg
             .as_deref()
@@ -78,12 +82,18 @@ pub(super) async fn rotate(
             .transpose()
             .map_err(|e| ApiError::bad_request(format!("alg: {e}")))?;
         let algs = alg.map_or_else(|| "every alg".to_owned(), |a| a.as_str().to_owned());
-        entry.detail = Some(format!("set {set} {algs} now={}", req.now));
-        let (outcomes, _events) = state
+        let why = format!("set {set} {algs} now={}", req.now);
+        let rotated = state
             .lifecycle
             .rotate(&set, alg, req.now)
-            .await
-            .map_err(lifecycle_error)?;
+            .await;
+        let (outcomes, _events) = match rotated {
+            Ok(done) => done,
+            Err(e) => {
+                entry.explain(why);
+                return Err(lifecycle_error(e));
+            }
+        };
         state.keyring.refresh().await.map_err(ApiError::internal)?;
         let kids: Vec<String> = outcomes
             .iter()
@@ -93,13 +103,11 @@ pub(super) async fn rotate(
         // The record's kid is one kid; a rotation of the whole set names
         // the others in its detail.
         entry.kid = kids.first().cloned();
-        if kids.len() > 1 {
-            entry.detail = Some(format!(
-                "set {set} {algs} now={}: {}",
-                req.now,
-                kids.join(", ")
-            ));
-        }
+        entry.explain(if kids.len() > 1 {
+            format!("{why}: {}", kids.join(", "))
+        } else {
+            why
+        });
         let answer = match (alg, &outcomes[..]) {
             (Some(_), [one]) => serde_json::to_value(one),
             _ => serde_json::to_value(&outcomes),
@@ -107,7 +115,7 @@ pub(super) async fn rotate(
         answer.map_err(ApiError::internal)
     }
     .await;
-    audited(&state.auditor, entry, result).await.map(Json)
+    audited(&state, entry, result).await.map(Json)
 }
 
 pub(super) async fn revoke(
@@ -120,18 +128,19 @@ pub(super) async fn revoke(
         // Non-admins learn nothing about which sets or kids exist.
         require_any_admin(&state, &peer)?;
         let req: RevokeRequest = read_json(request.into_body()).await?;
-        entry.kid = Some(req.kid.clone());
         let snapshot = state.keyring.snapshot();
+        let policies = state.policies.current();
+        // A key of a set this caller is not an admin of gets the answer of
+        // a kid that does not exist. The record names a kid only once it is
+        // a key of the caller's sets (audit reads are scoped by it); the
+        // refusal's message says what was asked.
         let key = snapshot
             .keys
             .iter()
             .find(|k| k.kid.as_str() == req.kid)
+            .filter(|k| policies.get(&k.set).is_some_and(|p| peer.is_admin_of(p)))
             .ok_or_else(|| ApiError::not_found(format!("kid: no key {:?}", req.kid)))?;
-        let policies = state.policies.current();
-        let admin = policies.get(&key.set).is_some_and(|p| peer.is_admin_of(p));
-        if !admin {
-            return Err(not_admin(&peer, &format!("set {}", key.set)));
-        }
+        entry.kid = Some(req.kid.clone());
         let (outcome, _events): (RevokeOutcome, _) = state
             .lifecycle
             .revoke(&key.kid)
@@ -147,7 +156,7 @@ pub(super) async fn revoke(
         }))
     }
     .await;
-    audited(&state.auditor, entry, result).await.map(Json)
+    audited(&state, entry, result).await.map(Json)
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,14 +184,31 @@ pub(super) async fn audit_tail(
     let allowed = require_any_admin(&state, &peer).and_then(|()| {
         query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))
     });
-    let Query(q) = audited(&state.auditor, entry, allowed).await?;
+    let Query(q) = audited(&state, entry, allowed).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 100_000);
-    let records = state
-        .store
-        .audit_tail(limit)
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(Json(records))
+    let policies = state.policies.current();
+    let scope = AuditScope::of(&peer, &policies).ok_or_else(|| not_admin(&peer, "any key set"))?;
+    // The newest `limit` records this admin may see: read further back
+    // while the ones read hold too few of them.
+    let mut read = limit;
+    loop {
+        let records = state
+            .store
+            .audit_tail(read)
+            .await
+            .map_err(ApiError::internal)?;
+        let all_read = records.len() < read as usize || read == u32::MAX;
+        let mut shown: Vec<AuditRecord> = records
+            .into_iter()
+            .filter(|r| scope.sees(&r.entry, &policies))
+            .collect();
+        if shown.len() >= limit as usize || all_read {
+            let extra = shown.len().saturating_sub(limit as usize);
+            shown.drain(..extra);
+            return Ok(Json(shown));
+        }
+        read = read.saturating_mul(8);
+    }
 }
 
 /// What `audit verify` reports.
@@ -199,7 +225,7 @@ pub(super) async fn audit_verify(
 ) -> Result<Json<VerifyAnswer>, ApiError> {
     let entry = peer.audit(state.clock.now().timestamp(), "audit");
     let allowed = require_any_admin(&state, &peer);
-    audited(&state.auditor, entry, allowed).await?;
+    audited(&state, entry, allowed).await?;
     let records = state.store.audit_all().await.map_err(ApiError::internal)?;
     let anchor = state
         .store

@@ -18,7 +18,9 @@ use super::authorize::{SignGrant, SignRequest, authorize_signature};
 use super::body::read_json;
 use super::error::ApiError;
 use super::peer::Peer;
+use super::refusals;
 use super::state::SocketState;
+use crate::audit::bounded::{MESSAGE_BYTES, bounded};
 use crate::audit::chain::AuditEntry;
 use crate::audit::writer::{AuditError, Auditor, Receipt, Ticket};
 use crate::jose::{AssertionClaims, JwtHeader, encode_jws, new_jti};
@@ -76,13 +78,10 @@ pub(super) async fn create(
             entry.jti = Some(answer.jti.clone());
         }
         Err(e) => {
-            tracing::info!(
-                uid = peer.uid, gid = peer.gid, pid = ?peer.pid,
-                client_id = ?entry.client_id, status = e.status.as_u16(), error = e.code,
-                reason = %e.message, "assertion refused"
-            );
             entry.outcome = e.code.to_owned();
-            entry.detail = Some(e.message.clone());
+            // Bounded before the groups go after it: a long message must
+            // not push them out of the record.
+            entry.explain(bounded(&e.message, MESSAGE_BYTES));
         }
     }
     // Label values come from the policy, never from the request: a caller
@@ -100,7 +99,19 @@ pub(super) async fn create(
         client_label,
         &entry.outcome,
     );
-    if let Err(e) = hand_in(&state.auditor, record, entry, result.is_err()).await {
+    let written = match (&result, record) {
+        // Signed, or failed after its record went in: the record's own path.
+        (Ok(_), record) | (Err(_), record @ Record::Early(_)) => {
+            hand_in(&state.auditor, record, entry, result.is_err()).await
+        }
+        // Refused: within the caller's budget of refusal records. A ticket
+        // is dropped unused first: batches need not wait for a refusal.
+        (Err(e), record) => {
+            drop(record);
+            record_refusal(&state, &peer, entry, e).await
+        }
+    };
+    if let Err(e) = written {
         return Err(ApiError::internal(e));
     }
     state
@@ -108,6 +119,28 @@ pub(super) async fn create(
         .sign_seconds
         .observe(started.elapsed().as_secs_f64());
     result.map(Json)
+}
+
+/// Logs and records a refused request, unless its uid is over its budget
+/// of refusal records (then it is only counted: `refusals`).
+async fn record_refusal(
+    state: &SocketState,
+    peer: &Peer,
+    entry: AuditEntry,
+    error: &ApiError,
+) -> Result<(), AuditError> {
+    let at = entry.at;
+    let Some(records) = state.refusals.admit(entry, at) else {
+        return Ok(());
+    };
+    if let Some(r) = records.last() {
+        tracing::info!(
+            uid = peer.uid, gid = peer.gid, pid = ?peer.pid,
+            client_id = ?r.client_id, status = error.status.as_u16(), error = error.code,
+            reason = r.detail.as_deref().unwrap_or_default(), "assertion refused"
+        );
+    }
+    refusals::write(&state.auditor, records).await
 }
 
 /// Makes `entry` durable in the chain the way `record` says.

@@ -3,25 +3,43 @@
 //! handed in early, tickets): `assertions`.
 
 use super::error::ApiError;
+use super::refusals;
+use super::state::SocketState;
+use crate::audit::bounded::{MESSAGE_BYTES, bounded};
 use crate::audit::chain::AuditEntry;
-use crate::audit::writer::Auditor;
 
-/// Records `entry` with the outcome of `result` (a refusal is logged too),
-/// then returns the result; a record that cannot be written fails the
-/// request, since nothing is answered without its record.
+/// Records `entry` with the outcome of `result` (a refusal is logged too,
+/// within the caller's refusal budget: `refusals`), then returns the
+/// result; a record that cannot be written fails the request, since
+/// nothing is answered without its record.
 pub async fn audited<T>(
-    auditor: &Auditor,
+    state: &SocketState,
     mut entry: AuditEntry,
     result: Result<T, ApiError>,
 ) -> Result<T, ApiError> {
-    if let Err(e) = &result {
-        tracing::info!(
-            uid = entry.uid, action = %entry.action, status = e.status.as_u16(),
-            error = e.code, reason = %e.message, "socket request refused"
-        );
-        entry.outcome = e.code.to_owned();
-        entry.detail = Some(e.message.clone());
+    match &result {
+        Ok(_) => state
+            .auditor
+            .record(entry)
+            .await
+            .map_err(ApiError::internal)?,
+        Err(e) => {
+            entry.outcome = e.code.to_owned();
+            entry.explain(bounded(&e.message, MESSAGE_BYTES));
+            let at = entry.at;
+            if let Some(records) = state.refusals.admit(entry, at) {
+                if let Some(r) = records.last() {
+                    tracing::info!(
+                        uid = r.uid, action = %r.action, status = e.status.as_u16(),
+                        error = e.code, reason = r.detail.as_deref().unwrap_or_default(),
+                        "socket request refused"
+                    );
+                }
+                refusals::write(&state.auditor, records)
+                    .await
+                    .map_err(ApiError::internal)?;
+            }
+        }
     }
-    auditor.record(entry).await.map_err(ApiError::internal)?;
     result
 }

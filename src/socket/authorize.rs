@@ -175,6 +175,7 @@ mod tests {
         Peer {
             uid,
             gid: 100,
+            groups: std::sync::Arc::from([]),
             pid: Some(1),
             exe: None,
         }

@@ -60,7 +60,7 @@ pub(super) async fn list(
             peer.uid, peer.gid
         ));
         let entry = peer.audit(state.clock.now().timestamp(), "keys");
-        return audited(&state.auditor, entry, Err(err)).await;
+        return audited(&state, entry, Err(err)).await;
     }
     let snapshot = state.keyring.snapshot();
     let keys = snapshot

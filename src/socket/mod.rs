@@ -6,6 +6,7 @@
 
 mod admin;
 mod assertions;
+pub mod audit_scope;
 mod audited;
 pub mod authorize;
 mod body;
@@ -15,6 +16,7 @@ pub mod keys;
 pub mod limits;
 pub mod listener;
 pub mod peer;
+pub mod refusals;
 pub mod router;
 mod state;
 mod timeline;

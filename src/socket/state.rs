@@ -15,6 +15,7 @@ use crate::store::Store;
 use crate::workers::signing_pool::SigningPool;
 
 use super::limits::CallerLimits;
+use super::refusals::RefusalGate;
 
 /// The socket router's state: cheap to clone (handles only).
 #[derive(Clone)]
@@ -31,6 +32,8 @@ pub struct SocketState {
     /// Per-caller bounds from the policies' `[[callers]]`: the socket's
     /// own state, not shared with any other server.
     pub limits: Arc<CallerLimits>,
+    /// Per-uid budgets of refusal records.
+    pub refusals: Arc<RefusalGate>,
 }
 
 impl SocketState {
@@ -46,6 +49,7 @@ impl SocketState {
             store: shared.store.clone(),
             public_url: shared.public_url.clone(),
             limits: Arc::default(),
+            refusals: shared.refusals.clone(),
         }
     }
 }

@@ -34,7 +34,7 @@ pub(super) async fn draw(
             peer.uid, peer.gid
         ));
         let entry = peer.audit(state.clock.now().timestamp(), "keys");
-        return audited(&state.auditor, entry, Err(err)).await;
+        return audited(&state, entry, Err(err)).await;
     }
     let Query(query) =
         query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))?;

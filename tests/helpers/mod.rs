@@ -702,3 +702,126 @@ pub fn verify_with_jwk_fast(jwt: &str, jwk: &Value) -> bool {
         _ => false,
     }
 }
+
+/// Who a socket caller started by `curl_as` runs as: uid, primary gid and
+/// exactly these supplementary groups.
+pub struct As<'a> {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: &'a [u32],
+}
+
+/// Whether this test can run socket callers as other users: it runs as
+/// root, and `setpriv` and `curl` are installed. Prints SKIPPED otherwise.
+pub fn can_run_callers_as_others(what: &str) -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED {what}: needs root to run callers as other uids");
+        return false;
+    }
+    for tool in ["setpriv", "curl"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            eprintln!("SKIPPED {what}: {tool} is not installed");
+            return false;
+        }
+    }
+    true
+}
+
+/// Lets members of group `gid` (a group with a name on this host) reach
+/// the socket of the daemon whose files `write_files` put in `dir`: the
+/// socket is 0660 owned by that group (the config refuses world-writable
+/// modes), and `dir` is 0755.
+pub fn open_socket_to_group(dir: &Path, gid: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+        .unwrap()
+        .unwrap_or_else(|| panic!("no group {gid} on this host"));
+    let cfg = dir.join("jwksd.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replacen(
+            "[server]\n",
+            &format!(
+                "[server]\nsocket_mode = \"0660\"\nsocket_group = {:?}\n",
+                group.name
+            ),
+            1,
+        ),
+    )
+    .unwrap();
+}
+
+/// `times` identical requests on the socket, one after the other on one
+/// connection, by `curl` running as `who` (through `setpriv`, so the
+/// supplementary groups are exactly `who.groups`). Returns each answer's
+/// HTTP status (0: none) and body.
+pub fn curl_as(
+    socket: &Path,
+    who: &As<'_>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    times: usize,
+) -> Vec<(u16, String)> {
+    let groups = if who.groups.is_empty() {
+        "--clear-groups".to_owned()
+    } else {
+        let list: Vec<String> = who.groups.iter().map(u32::to_string).collect();
+        format!("--groups={}", list.join(","))
+    };
+    // Each answer ends with a line holding its status alone.
+    const MARK: &str = "\n--status:";
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={}", who.uid))
+        .arg(format!("--regid={}", who.gid))
+        .arg(groups)
+        .args(["--", "curl", "-s", "--max-time", "60", "-X", method])
+        .arg("-w")
+        .arg(format!("{MARK}%{{http_code}}\\n"))
+        .arg("--unix-socket")
+        .arg(socket);
+    let tmp;
+    if let Some(body) = body {
+        // Through a file readable by `who`: argv has its limits.
+        tmp = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(tmp.path(), body).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        cmd.args(["-H", "content-type: application/json", "--data-binary"])
+            .arg(format!("@{}", tmp.path().display()));
+    }
+    for _ in 0..times {
+        cmd.arg(format!("http://localhost{path}"));
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success() || !out.stdout.is_empty(),
+        "curl as uid {} failed: {}",
+        who.uid,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut answers = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find(MARK) {
+        let body = rest[..at].to_owned();
+        let after = &rest[at + MARK.len()..];
+        let (code, next) = after.split_once('\n').unwrap_or((after, ""));
+        answers.push((code.trim().parse().unwrap_or(0), body));
+        rest = next;
+    }
+    answers
+}
+
+/// The value of one series on the admin listener's `/metrics`, e.g.
+/// `jwksd_audit_refusals_suppressed_total{why="uid_budget"}`.
+pub async fn metric(d: &Daemon, series: &str) -> Option<f64> {
+    let (_, _, body) = http(d.admin, Method::GET, "/metrics", &[]).await.ok()?;
+    String::from_utf8_lossy(&body).lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|v| v.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
