@@ -31,6 +31,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::audit::chain::AuditEntry;
+use crate::audit::key::AuditKey;
 use crate::store::api::Store;
 
 /// Upper bound of entries per transaction.
@@ -120,6 +121,16 @@ pub struct Auditor {
     tx: mpsc::Sender<Job>,
     head: Head,
     on_the_way: Arc<OnTheWay>,
+    chain: Arc<ChainRules>,
+}
+
+/// What the chain is MAC'd with, and what `audit verify` needs besides the
+/// stored records: the chain key, and whether retention may have pruned
+/// the chain's start (an anchor is refused otherwise).
+#[derive(Debug)]
+pub struct ChainRules {
+    pub key: Arc<AuditKey>,
+    pub retention: bool,
 }
 
 /// The `Ticket`s that are out: entries on their way to the writer.
@@ -243,16 +254,18 @@ impl Auditor {
     /// was queued.
     pub fn start(
         store: Arc<dyn Store>,
+        chain: ChainRules,
         spool: Option<PathBuf>,
         metrics: AuditMetrics,
     ) -> (Auditor, tokio::task::JoinHandle<()>) {
-        Self::start_waiting(store, spool, metrics, GATHER, HOLD)
+        Self::start_waiting(store, chain, spool, metrics, GATHER, HOLD)
     }
 
     /// `start`, with batches waiting up to `gather` for tickets and holding
     /// early entries up to `hold`.
     fn start_waiting(
         store: Arc<dyn Store>,
+        chain: ChainRules,
         spool: Option<PathBuf>,
         metrics: AuditMetrics,
         gather: Duration,
@@ -261,8 +274,12 @@ impl Auditor {
         let (tx, rx) = mpsc::channel(QUEUE);
         let head: Head = Arc::default();
         let on_the_way = Arc::new(OnTheWay::default());
+        let chain = Arc::new(chain);
         let task = tokio::spawn(write_loop(
-            store,
+            Chained {
+                store,
+                key: chain.key.clone(),
+            },
             Spool::open(spool),
             Incoming {
                 rx,
@@ -278,9 +295,15 @@ impl Auditor {
                 tx,
                 head,
                 on_the_way,
+                chain,
             },
             task,
         )
+    }
+
+    /// The chain's key and verification rules.
+    pub fn chain(&self) -> &ChainRules {
+        &self.chain
     }
 
     /// Says that this request will hand in an entry soon, so that batches
@@ -411,7 +434,7 @@ impl Spool {
     }
 
     /// Moves the spool into the store; true when it is empty afterwards.
-    async fn replay(&mut self, store: &dyn Store) -> bool {
+    async fn replay(&mut self, store: &Chained) -> bool {
         let Some(path) = self.path.as_deref() else {
             return true;
         };
@@ -425,7 +448,7 @@ impl Spool {
                 return false;
             }
         };
-        match store.append_audit(&entries).await {
+        match store.append(&entries).await {
             Ok(_) => {
                 if let Err(e) = std::fs::remove_file(path) {
                     // The entries are in the store; a leftover spool would
@@ -516,8 +539,23 @@ impl Incoming {
     }
 }
 
-async fn write_loop(
+/// The store and the key the writer MACs its records under.
+struct Chained {
     store: Arc<dyn Store>,
+    key: Arc<AuditKey>,
+}
+
+impl Chained {
+    async fn append(
+        &self,
+        entries: &[AuditEntry],
+    ) -> Result<Vec<crate::audit::chain::AuditRecord>, crate::store::StoreError> {
+        self.store.append_audit(&self.key, entries).await
+    }
+}
+
+async fn write_loop(
+    store: Chained,
     mut spool: Spool,
     mut incoming: Incoming,
     head: Head,
@@ -536,7 +574,7 @@ async fn write_loop(
             {
                 Ok(n) => n,
                 Err(_) => {
-                    store_down_until = if spool.replay(store.as_ref()).await {
+                    store_down_until = if spool.replay(&store).await {
                         None
                     } else {
                         retry_later()
@@ -558,8 +596,8 @@ async fn write_loop(
         // Older spooled entries go first, or the chain would be out of order.
         let result = if store_down_until.is_some_and(|t| std::time::Instant::now() < t) {
             spool_or_fail(&mut spool, &entries, "store down, retried every 2 s")
-        } else if spool.replay(store.as_ref()).await {
-            match store.append_audit(&entries).await {
+        } else if spool.replay(&store).await {
+            match store.append(&entries).await {
                 Ok(records) => {
                     store_down_until = None;
                     let mut h = head.lock().unwrap_or_else(|p| p.into_inner());
@@ -603,7 +641,7 @@ async fn write_loop(
             let _ = done.send(result.clone());
         }
     }
-    spool.replay(store.as_ref()).await;
+    spool.replay(&store).await;
 }
 
 fn spool_or_fail(spool: &mut Spool, entries: &[AuditEntry], why: &str) -> Result<(), AuditError> {
@@ -637,8 +675,20 @@ mod tests {
                 .unwrap(),
         );
         let metrics = AuditMetrics::default();
-        let (auditor, _task) =
-            Auditor::start_waiting(store.clone(), None, metrics.clone(), LONG_GATHER, LONG_HOLD);
+        let chain = ChainRules {
+            key: Arc::new(AuditKey::derive(
+                &crate::keys::seal::MasterKey::generate().unwrap().0,
+            )),
+            retention: false,
+        };
+        let (auditor, _task) = Auditor::start_waiting(
+            store.clone(),
+            chain,
+            None,
+            metrics.clone(),
+            LONG_GATHER,
+            LONG_HOLD,
+        );
         (auditor, metrics, store)
     }
 
