@@ -20,41 +20,40 @@ pub enum UpgradeError {
     Audit(#[from] AuditError),
 }
 
-/// On the first start after migration 4: authenticates a retention anchor
-/// left unkeyed, and, when the newest record is unkeyed, appends the record
-/// that starts the keyed chain (it MACs the last unkeyed hash, and so binds
-/// every unkeyed record). Both trust the store as it is at the upgrade, as
-/// the unkeyed chain always did; from then on, a forged anchor or an
-/// unkeyed record after the keyed ones is refused by `audit verify`.
+/// On the first start after migration 4, when the newest record is still
+/// unkeyed: authenticates a retention anchor left unkeyed, and appends the
+/// record that starts the keyed chain (it MACs the last unkeyed hash, and
+/// so binds every unkeyed record). Both trust the store as it is at the
+/// upgrade, as the unkeyed chain always did. Only then: once a keyed record
+/// exists, an unkeyed anchor is never authenticated (it can only be forged)
+/// and `audit verify` refuses it.
 pub async fn key_the_chain(
     store: &dyn Store,
     auditor: &Auditor,
     now: i64,
 ) -> Result<(), UpgradeError> {
-    let key = &auditor.chain().key;
-    if let Some(seq) = store.key_legacy_anchor(key).await? {
+    let newest = store.audit_tail(1).await?;
+    let Some(last) = newest.last().filter(|r| r.key.is_none()) else {
+        return Ok(());
+    };
+    if let Some(seq) = store.key_legacy_anchor(&auditor.chain().key).await? {
         tracing::info!(
             anchor = seq,
             "audit retention anchor authenticated under the audit key (first start with a keyed chain)"
         );
     }
-    let newest = store.audit_tail(1).await?;
-    if let Some(last) = newest.last()
-        && last.key.is_none()
-    {
-        let start = AuditEntry {
-            at: now,
-            action: "audit".to_owned(),
-            outcome: "ok".to_owned(),
-            detail: Some(format!(
-                "the audit chain is keyed from here on (HMAC-SHA-256 under a key derived from the master key); records up to {} are unkeyed SHA-256, bound by this record",
-                last.seq
-            )),
-            ..AuditEntry::default()
-        };
-        auditor.record(start).await?;
-        tracing::info!(unkeyed_up_to = last.seq, "audit chain keyed from here on");
-    }
+    let start = AuditEntry {
+        at: now,
+        action: "audit".to_owned(),
+        outcome: "ok".to_owned(),
+        detail: Some(format!(
+            "the audit chain is keyed from here on (HMAC-SHA-256 under a key derived from the master key); records up to {} are unkeyed SHA-256, bound by this record",
+            last.seq
+        )),
+        ..AuditEntry::default()
+    };
+    auditor.record(start).await?;
+    tracing::info!(unkeyed_up_to = last.seq, "audit chain keyed from here on");
     Ok(())
 }
 
