@@ -150,7 +150,7 @@ impl Setup {
     async fn while_stopped<F: AsyncFnOnce(&Db)>(&mut self, attack: F) {
         assert!(self.d.stop());
         attack(&self.db).await;
-        self.d = Daemon::start_in(&self.dir().to_path_buf());
+        self.d = Daemon::start_in(self.dir());
         self.d.ready().await;
     }
 
@@ -400,7 +400,7 @@ async fn the_chain_verifies_across_rotate_master_with_the_switch_record(kind: &s
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    s.d = Daemon::start_in(&s.dir().to_path_buf());
+    s.d = Daemon::start_in(s.dir());
     s.d.ready().await;
     some_activity(&s.d, 2).await;
     // Only the new master key is left, and the whole chain verifies.
