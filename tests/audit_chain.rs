@@ -479,6 +479,17 @@ async fn a_witness_catches_a_change_even_when_the_chain_was_recomputed_with_the_
         !ok && text.contains("--head") && text.contains("SEQ:MAC"),
         "{text}"
     );
+    // The daemon logs the head at shutdown (and every 5 minutes): a witness
+    // for a log shipped off the host.
+    assert!(s.d.stop());
+    let newest = s.db.rows().await.pop().unwrap();
+    let logged = format!("{}:{}", newest.0, newest.3);
+    assert!(
+        s.d.log()
+            .lines()
+            .any(|l| l.contains("audit head") && l.contains(&logged)),
+        "no 'audit head' line with {logged} in the log"
+    );
 }
 
 /// A store written by a release before the keyed chain (schema version 3,
