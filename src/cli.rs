@@ -143,8 +143,17 @@ pub enum SealCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Verify the hash chain; exits non-zero at the first broken link.
-    Verify,
+    /// Verify the keyed chain; exits non-zero at the first broken link.
+    Verify {
+        /// A witness `SEQ:MAC` printed earlier by `audit head` (or logged
+        /// as "audit head" by the daemon): also prove that record SEQ still
+        /// has that MAC, so nothing up to it changed.
+        #[arg(long, value_name = "SEQ:MAC")]
+        head: Option<String>,
+    },
+    /// Print `SEQ:MAC` of the newest record (MAC in hex), a witness to keep
+    /// outside the store for `audit verify --head`.
+    Head,
     /// The latest records.
     Tail {
         #[arg(short = 'n', default_value_t = 20)]

@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use jwksd::audit::{self, AuditEntry, GENESIS_HASH};
+use jwksd::audit::{self, AuditEntry, AuditKey, ChainKeys, Verified};
 use jwksd::lifecycle::model::{Applied, Change, StoredKey};
+use jwksd::store::api::ChainSwitch;
 use jwksd::store::{PostgresStore, SqliteStore, Store, StoreError};
 use jwksd::types::{Alg, KeyState, Kid, SetName};
 
@@ -178,6 +179,37 @@ fn activate(version: u32, at: i64, emergency: bool) -> Change {
     }
 }
 
+/// The audit chain key every test appends under (one per test process).
+fn ck() -> Arc<AuditKey> {
+    static KEY: std::sync::LazyLock<Arc<AuditKey>> =
+        std::sync::LazyLock::new(|| Arc::new(AuditKey::derive(&master())));
+    KEY.clone()
+}
+
+fn master() -> jwksd::keys::seal::MasterKey {
+    jwksd::keys::seal::MasterKey::generate().unwrap().0
+}
+
+/// How many records `all` holds when it verifies as a whole chain under
+/// [`ck`].
+fn verified(all: &[audit::AuditRecord]) -> Result<usize, audit::ChainError> {
+    audit::verify_stored(&ChainKeys::resolve(&ck(), &[]), false, None, all).map(|v| v.records)
+}
+
+/// A re-seal's audit switch from [`ck`] to a throwaway key (the tests of
+/// the re-seal's key rows; the chain across a switch has its own test).
+fn switch() -> jwksd::store::api::ChainSwitch<'static> {
+    static NEW: std::sync::LazyLock<AuditKey> =
+        std::sync::LazyLock::new(|| AuditKey::derive(&master()));
+    static OLD: std::sync::LazyLock<Arc<AuditKey>> = std::sync::LazyLock::new(ck);
+    jwksd::store::api::ChainSwitch {
+        old: &OLD,
+        new: &NEW,
+        wrap: NEW.wrap(&OLD).unwrap(),
+        entry: audit::entry(t(0), "rotate-master", "ok"),
+    }
+}
+
 fn audit_entry(n: usize, task: usize) -> AuditEntry {
     let mut e = audit::entry(t(n as i64), "sign", "ok");
     e.client_id = Some(format!("task-{task}"));
@@ -254,6 +286,8 @@ conformance!(
     reseal_replaces_every_private_half_and_the_fingerprint_at_once,
     reseal_changes_nothing_when_the_store_moved,
     pruning_keeps_the_newest_record_and_an_anchor_the_chain_verifies_from,
+    reseal_passes_the_audit_chain_to_the_new_key_with_the_switch_as_a_record,
+    a_store_from_before_migration_4_migrates_and_its_unkeyed_chain_still_verifies,
     live_keys_are_the_keys_that_can_change_plus_the_newest_per_alg,
     a_state_update_that_moves_no_row_is_stale_and_commits_nothing,
     a_unique_violation_on_an_update_is_stale_and_commits_nothing,
@@ -278,7 +312,9 @@ async fn reseal_replaces_every_private_half_and_the_fingerprint_at_once(db: &Db)
             vec![0xBB; 60],
         ),
     ];
-    s.reseal("old-fp", "new-fp", &blobs).await.unwrap();
+    s.reseal("old-fp", "new-fp", &blobs, &switch())
+        .await
+        .unwrap();
     assert_eq!(
         get(&s, &active.kid).await.sealed_private,
         Some(vec![0xAA; 60])
@@ -311,7 +347,7 @@ async fn reseal_changes_nothing_when_the_store_moved(db: &Db) {
         ),
     ];
     assert!(matches!(
-        s.reseal("old-fp", "new-fp", &stale).await,
+        s.reseal("old-fp", "new-fp", &stale, &switch()).await,
         Err(StoreError::ResealConflict(_))
     ));
     assert_eq!(
@@ -324,7 +360,11 @@ async fn reseal_changes_nothing_when_the_store_moved(db: &Db) {
         active.sealed_private.clone().unwrap(),
         vec![0xAA; 60],
     )];
-    assert!(s.reseal("old-fp", "new-fp", &partial).await.is_err());
+    assert!(
+        s.reseal("old-fp", "new-fp", &partial, &switch())
+            .await
+            .is_err()
+    );
     // The wrong old fingerprint: refused.
     let all = vec![
         (
@@ -338,7 +378,11 @@ async fn reseal_changes_nothing_when_the_store_moved(db: &Db) {
             vec![0xBB; 60],
         ),
     ];
-    assert!(s.reseal("other-fp", "new-fp", &all).await.is_err());
+    assert!(
+        s.reseal("other-fp", "new-fp", &all, &switch())
+            .await
+            .is_err()
+    );
     assert_eq!(
         get(&s, &active.kid).await.sealed_private,
         active.sealed_private
@@ -355,27 +399,186 @@ async fn pruning_keeps_the_newest_record_and_an_anchor_the_chain_verifies_from(d
             e
         })
         .collect();
-    s.append_audit(&entries).await.unwrap();
+    s.append_audit(&ck(), &entries).await.unwrap();
     assert_eq!(s.audit_anchor().await.unwrap(), None);
     // Records at 1000..=1004 are older than 1005.
-    assert_eq!(s.prune_audit(1_005).await.unwrap(), 5);
+    assert_eq!(s.prune_audit(&ck(), 1_005).await.unwrap(), 5);
     let rest = s.audit_all().await.unwrap();
     assert_eq!(rest.first().unwrap().seq, 6);
     let anchor = s.audit_anchor().await.unwrap().unwrap();
-    assert_eq!(anchor.0, 5);
-    assert_eq!(audit::verify_stored(Some(anchor.clone()), &rest), Ok(5));
+    assert_eq!(anchor.seq, 5);
+    let key = ck();
+    let keys = ChainKeys::resolve(&key, &[]);
+    assert_eq!(
+        audit::verify_stored(&keys, true, Some(&anchor), &rest).map(|v| v.records),
+        Ok(5)
+    );
     assert!(
-        audit::verify_stored(None, &rest).is_err(),
+        audit::verify_stored(&keys, true, None, &rest).is_err(),
         "a pruned chain does not start at genesis"
     );
     // Everything is old: the newest record stays, the chain goes on.
-    assert_eq!(s.prune_audit(10_000).await.unwrap(), 4);
+    assert_eq!(s.prune_audit(&ck(), 10_000).await.unwrap(), 4);
     let rest = s.audit_all().await.unwrap();
     assert_eq!(rest.len(), 1);
-    s.append_audit(&[audit_entry(99, 0)]).await.unwrap();
+    s.append_audit(&ck(), &[audit_entry(99, 0)]).await.unwrap();
     let rest = s.audit_all().await.unwrap();
     let anchor = s.audit_anchor().await.unwrap();
-    assert_eq!(audit::verify_stored(anchor, &rest), Ok(2));
+    assert_eq!(
+        audit::verify_stored(&keys, true, anchor.as_ref(), &rest).map(|v| v.records),
+        Ok(2)
+    );
+}
+
+async fn reseal_passes_the_audit_chain_to_the_new_key_with_the_switch_as_a_record(db: &Db) {
+    let s = db.open().await;
+    s.bind_master_key("old-fp").await.unwrap();
+    let old = Arc::new(AuditKey::derive(&master()));
+    let new = Arc::new(AuditKey::derive(&master()));
+    let entries: Vec<AuditEntry> = (0..6)
+        .map(|n| {
+            let mut e = audit_entry(n, 0);
+            e.at = 1_000 + n as i64;
+            e
+        })
+        .collect();
+    s.append_audit(&old, &entries).await.unwrap();
+    assert_eq!(s.prune_audit(&old, 1_002).await.unwrap(), 2);
+    let switch = ChainSwitch {
+        old: &old,
+        new: &new,
+        wrap: new.wrap(&old).unwrap(),
+        entry: audit::entry(t(2_000), "rotate-master", "ok"),
+    };
+    let record = s.reseal("old-fp", "new-fp", &[], &switch).await.unwrap();
+    assert_eq!(record.seq, 7);
+    assert_eq!(record.key.as_deref(), Some(new.id()));
+    s.append_audit(&new, &[audit_entry(7, 0)]).await.unwrap();
+
+    let all = s.audit_all().await.unwrap();
+    assert_eq!(all[4], record, "the switch is a record of the chain");
+    let anchor = s.audit_anchor().await.unwrap();
+    assert!(
+        anchor.as_ref().unwrap().is_authentic(&new),
+        "anchor moved to the new key"
+    );
+    let wraps = s.audit_key_wraps().await.unwrap();
+    // Only the new master key's chain key: the wrap leads back to the old.
+    let keys = ChainKeys::resolve(&new, &wraps);
+    assert_eq!(
+        audit::verify_stored(&keys, true, anchor.as_ref(), &all),
+        Ok(Verified {
+            records: 6,
+            unkeyed: 0
+        })
+    );
+    // Without the wrap the records before the switch cannot be checked.
+    assert!(
+        audit::verify_stored(&ChainKeys::resolve(&new, &[]), true, anchor.as_ref(), &all).is_err()
+    );
+}
+
+/// Applies migrations 1-3 only, as a release before the keyed chain did.
+async fn migrate_to_version_3(db: &Db) {
+    use sqlx::SqlSafeStr as _;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    let migrator = |sql: [&'static str; 3]| {
+        Migrator::with_migrations(
+            (1..)
+                .zip(sql)
+                .map(|(v, sql)| {
+                    Migration::new(
+                        v,
+                        "before the keyed chain".into(),
+                        MigrationType::Simple,
+                        sql.into_sql_str(),
+                        false,
+                    )
+                })
+                .collect(),
+        )
+    };
+    match db {
+        Db::Sqlite { path, .. } => {
+            let url = format!("sqlite://{}?mode=rwc", path.display());
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            migrator([
+                include_str!("../migrations/sqlite/0001_keys_and_audit.sql"),
+                include_str!("../migrations/sqlite/0002_lease.sql"),
+                include_str!("../migrations/sqlite/0003_live_keys.sql"),
+            ])
+            .run(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        Db::Postgres(pg) => {
+            let pool = sqlx::PgPool::connect(&pg.url).await.unwrap();
+            migrator([
+                include_str!("../migrations/postgres/0001_keys_and_audit.sql"),
+                include_str!("../migrations/postgres/0002_lease.sql"),
+                include_str!("../migrations/postgres/0003_live_keys.sql"),
+            ])
+            .run(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+    }
+}
+
+async fn a_store_from_before_migration_4_migrates_and_its_unkeyed_chain_still_verifies(db: &Db) {
+    migrate_to_version_3(db).await;
+    // Records 3-5 of an unkeyed chain whose records 1-2 were pruned, as the
+    // old code wrote them: SHA-256 links, and an unkeyed anchor.
+    let mut prev = audit::GENESIS_HASH.to_owned();
+    let mut sql = String::new();
+    for seq in 1..=5 {
+        let e = audit_entry(seq as usize, 0);
+        let hash = audit::chain_hash(&prev, seq, &e);
+        if seq == 2 {
+            sql.push_str(&format!(
+                "INSERT INTO meta (name, value) VALUES ('audit_anchor', '2:{hash}');"
+            ));
+        }
+        if seq > 2 {
+            sql.push_str(&format!(
+                "INSERT INTO audit (seq, at, action, outcome, uid, pid, client_id, jti, prev_hash, hash) \
+                 VALUES ({seq}, {}, 'sign', 'ok', {}, 4242, 'task-0', '{}', '{prev}', '{hash}');",
+                e.at,
+                e.uid.unwrap(),
+                e.jti.unwrap()
+            ));
+        }
+        prev = hash;
+    }
+    db.run_sql(&sql, &sql).await;
+
+    let s = db.open().await;
+    let key = ck();
+    let keys = ChainKeys::resolve(&key, &[]);
+    let old = s.audit_all().await.unwrap();
+    assert!(
+        old.iter().all(|r| r.key.is_none()),
+        "old records are unkeyed"
+    );
+    // What the daemon does at its first start on the new schema.
+    assert_eq!(s.key_legacy_anchor(&ck()).await.unwrap(), Some(2));
+    assert_eq!(s.key_legacy_anchor(&ck()).await.unwrap(), None);
+    let keyed = s.append_audit(&ck(), &[audit_entry(6, 0)]).await.unwrap();
+    assert_eq!(
+        keyed[0].prev_hash, prev,
+        "the first keyed record binds the unkeyed chain"
+    );
+    let all = s.audit_all().await.unwrap();
+    let anchor = s.audit_anchor().await.unwrap();
+    assert_eq!(
+        audit::verify_stored(&keys, true, anchor.as_ref(), &all),
+        Ok(Verified {
+            records: 4,
+            unkeyed: 3
+        })
+    );
 }
 
 async fn versions_count_up_by_one_per_set_and_alg(db: &Db) {
@@ -685,7 +888,7 @@ async fn revision_bumps_only_on_committed_changes(db: &Db) {
     assert!(s.apply(&activate(5, 0, true)).await.is_err());
     assert_eq!(s.revision().await.unwrap(), r0 + 1);
     // Audit and lease writes are not key changes.
-    s.append_audit(&[audit_entry(1, 0)]).await.unwrap();
+    s.append_audit(&ck(), &[audit_entry(1, 0)]).await.unwrap();
     s.acquire_lease("a", 15).await.unwrap();
     assert_eq!(s.revision().await.unwrap(), r0 + 1);
     apply(&s, Change::Insert(key(RS, 2, KeyState::Pending, Some(9)))).await;
@@ -716,7 +919,10 @@ async fn concurrent_audit_appenders_build_one_gap_free_chain(db: &Db) {
         let s = handles[task % 2].clone();
         tasks.push(tokio::spawn(async move {
             for n in 0..PER_TASK {
-                let out = s.append_audit(&[audit_entry(n, task)]).await.unwrap();
+                let out = s
+                    .append_audit(&ck(), &[audit_entry(n, task)])
+                    .await
+                    .unwrap();
                 assert_eq!(out.len(), 1);
             }
         }));
@@ -725,10 +931,7 @@ async fn concurrent_audit_appenders_build_one_gap_free_chain(db: &Db) {
         t.await.unwrap();
     }
     let all = handles[0].audit_all().await.unwrap();
-    assert_eq!(
-        audit::verify_chain(GENESIS_HASH, &all),
-        Ok(TASKS * PER_TASK)
-    );
+    assert_eq!(verified(&all), Ok(TASKS * PER_TASK));
     let seqs: Vec<i64> = all.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, (1..=(TASKS * PER_TASK) as i64).collect::<Vec<_>>());
     // Each appender's entries are in the order it appended them.
@@ -760,7 +963,7 @@ async fn a_batch_longer_than_one_insert_statement_is_one_chain_with_every_field(
             e
         })
         .collect();
-    let written = s.append_audit(&entries).await.unwrap();
+    let written = s.append_audit(&ck(), &entries).await.unwrap();
     assert_eq!(written.len(), entries.len());
     let stored = s.audit_all().await.unwrap();
     assert_eq!(stored, written);
@@ -772,34 +975,28 @@ async fn a_batch_longer_than_one_insert_statement_is_one_chain_with_every_field(
         stored.iter().map(|r| r.seq).collect::<Vec<_>>(),
         (1..=entries.len() as i64).collect::<Vec<_>>()
     );
-    assert_eq!(
-        audit::verify_chain(GENESIS_HASH, &stored),
-        Ok(entries.len())
-    );
+    assert_eq!(verified(&stored), Ok(entries.len()));
 }
 
 async fn audit_tail_gives_the_latest_records_oldest_first(db: &Db) {
     let s = db.open().await;
     assert!(s.audit_tail(5).await.unwrap().is_empty());
     let entries: Vec<AuditEntry> = (0..10).map(|n| audit_entry(n, 0)).collect();
-    let written = s.append_audit(&entries).await.unwrap();
+    let written = s.append_audit(&ck(), &entries).await.unwrap();
     assert_eq!(
         written.iter().map(|r| r.seq).collect::<Vec<_>>(),
         (1..=10).collect::<Vec<_>>()
     );
-    assert!(s.append_audit(&[]).await.unwrap().is_empty());
+    assert!(s.append_audit(&ck(), &[]).await.unwrap().is_empty());
     let tail = s.audit_tail(3).await.unwrap();
     assert_eq!(tail.iter().map(|r| r.seq).collect::<Vec<_>>(), [8, 9, 10]);
     assert_eq!(tail, written[7..]);
     assert!(s.audit_tail(0).await.unwrap().is_empty());
     assert_eq!(s.audit_tail(100).await.unwrap(), written);
     // A batch continues the chain written before it.
-    let more = s.append_audit(&[audit_entry(10, 1)]).await.unwrap();
+    let more = s.append_audit(&ck(), &[audit_entry(10, 1)]).await.unwrap();
     assert_eq!(more[0].prev_hash, written[9].hash);
-    assert_eq!(
-        audit::verify_chain(GENESIS_HASH, &s.audit_all().await.unwrap()),
-        Ok(11)
-    );
+    assert_eq!(verified(&s.audit_all().await.unwrap()), Ok(11));
 }
 
 async fn lease_is_exclusive_renewable_expires_and_hands_over(db: &Db) {
@@ -1165,7 +1362,7 @@ async fn sqlite_an_erased_private_half_leaves_no_copy_in_the_files_while_audit_b
         let s = s.clone();
         tokio::spawn(async move {
             for n in 0..400 {
-                s.append_audit(&[audit_entry(n, 0), audit_entry(n, 1)])
+                s.append_audit(&ck(), &[audit_entry(n, 0), audit_entry(n, 1)])
                     .await
                     .unwrap();
                 tokio::time::sleep(Duration::from_micros(500)).await;
@@ -1185,5 +1382,5 @@ async fn sqlite_an_erased_private_half_leaves_no_copy_in_the_files_while_audit_b
         "an erased private half is still in the database files"
     );
     let chain = s.audit_all().await.unwrap();
-    assert_eq!(audit::verify_chain(GENESIS_HASH, &chain), Ok(800));
+    assert_eq!(verified(&chain), Ok(800));
 }

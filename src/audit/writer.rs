@@ -36,6 +36,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::audit::chain::AuditEntry;
+use crate::audit::key::AuditKey;
 use crate::store::api::Store;
 
 /// Upper bound of entries per transaction.
@@ -132,6 +133,16 @@ pub struct Auditor {
     tx: mpsc::Sender<Job>,
     head: Head,
     on_the_way: Arc<OnTheWay>,
+    chain: Arc<ChainRules>,
+}
+
+/// What the chain is MAC'd with, and what `audit verify` needs besides the
+/// stored records: the chain key, and whether retention may have pruned
+/// the chain's start (an anchor is refused otherwise).
+#[derive(Debug)]
+pub struct ChainRules {
+    pub key: Arc<AuditKey>,
+    pub retention: bool,
 }
 
 /// The `Ticket`s that are out: entries on their way to the writer.
@@ -256,17 +267,19 @@ impl Auditor {
     /// writing what was queued.
     pub fn start(
         store: Arc<dyn Store>,
+        chain: ChainRules,
         spool: Option<PathBuf>,
         refusal_room: u64,
         metrics: AuditMetrics,
     ) -> (Auditor, tokio::task::JoinHandle<()>) {
-        Self::start_waiting(store, (spool, refusal_room), metrics, GATHER, HOLD)
+        Self::start_waiting(store, chain, (spool, refusal_room), metrics, GATHER, HOLD)
     }
 
     /// `start`, with batches waiting up to `gather` for tickets and holding
     /// early entries up to `hold`.
     fn start_waiting(
         store: Arc<dyn Store>,
+        chain: ChainRules,
         (spool, refusal_room): (Option<PathBuf>, u64),
         metrics: AuditMetrics,
         gather: Duration,
@@ -275,8 +288,12 @@ impl Auditor {
         let (tx, rx) = mpsc::channel(QUEUE);
         let head: Head = Arc::default();
         let on_the_way = Arc::new(OnTheWay::default());
+        let chain = Arc::new(chain);
         let task = tokio::spawn(write_loop(
-            store,
+            Chained {
+                store,
+                key: chain.key.clone(),
+            },
             Spool::open(spool, refusal_room),
             Incoming {
                 rx,
@@ -292,9 +309,15 @@ impl Auditor {
                 tx,
                 head,
                 on_the_way,
+                chain,
             },
             task,
         )
+    }
+
+    /// The chain's key and verification rules.
+    pub fn chain(&self) -> &ChainRules {
+        &self.chain
     }
 
     /// Says that this request will hand in an entry soon, so that batches
@@ -471,7 +494,7 @@ impl Spool {
     }
 
     /// Moves the spool into the store; true when it is empty afterwards.
-    async fn replay(&mut self, store: &dyn Store) -> bool {
+    async fn replay(&mut self, store: &Chained) -> bool {
         let Some(path) = self.path.as_deref() else {
             return true;
         };
@@ -485,7 +508,7 @@ impl Spool {
                 return false;
             }
         };
-        match store.append_audit(&entries).await {
+        match store.append(&entries).await {
             Ok(_) => {
                 if let Err(e) = std::fs::remove_file(path) {
                     // The entries are in the store; a leftover spool would
@@ -576,8 +599,23 @@ impl Incoming {
     }
 }
 
-async fn write_loop(
+/// The store and the key the writer MACs its records under.
+struct Chained {
     store: Arc<dyn Store>,
+    key: Arc<AuditKey>,
+}
+
+impl Chained {
+    async fn append(
+        &self,
+        entries: &[AuditEntry],
+    ) -> Result<Vec<crate::audit::chain::AuditRecord>, crate::store::StoreError> {
+        self.store.append_audit(&self.key, entries).await
+    }
+}
+
+async fn write_loop(
+    store: Chained,
     mut spool: Spool,
     mut incoming: Incoming,
     head: Head,
@@ -598,7 +636,7 @@ async fn write_loop(
             {
                 Ok(n) => n,
                 Err(_) => {
-                    store_down_until = if spool.replay(store.as_ref()).await {
+                    store_down_until = if spool.replay(&store).await {
                         None
                     } else {
                         retry_later()
@@ -633,14 +671,14 @@ async fn write_loop(
                 &mut dropped,
                 &metrics,
             )
-        } else if spool.replay(store.as_ref()).await {
+        } else if spool.replay(&store).await {
             // What was left out while the store was down is said first.
             owed = dropped.take();
             if let Some(left) = owed {
                 entries.insert(0, left.summary(spool.refusal_room));
                 refusals.insert(0, false);
             }
-            match store.append_audit(&entries).await {
+            match store.append(&entries).await {
                 Ok(records) => {
                     store_down_until = None;
                     let mut h = head.lock().unwrap_or_else(|p| p.into_inner());
@@ -697,7 +735,7 @@ async fn write_loop(
             let _ = done.send(result.clone());
         }
     }
-    spool.replay(store.as_ref()).await;
+    spool.replay(&store).await;
 }
 
 /// Refusal records the spool left out, since the chain last said so.
@@ -800,8 +838,15 @@ mod tests {
                 .unwrap(),
         );
         let metrics = AuditMetrics::default();
+        let chain = ChainRules {
+            key: Arc::new(AuditKey::derive(
+                &crate::keys::seal::MasterKey::generate().unwrap().0,
+            )),
+            retention: false,
+        };
         let (auditor, _task) = Auditor::start_waiting(
             store.clone(),
+            chain,
             (None, 0),
             metrics.clone(),
             LONG_GATHER,

@@ -145,10 +145,32 @@ fn warn_handover(answer: &serde_json::Value) {
 
 pub async fn audit(cli: &Cli, cmd: &AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        AuditCommand::Verify => {
-            let answer = call(cli, Method::GET, "/v1/audit/verify", None).await?;
+        AuditCommand::Verify { head } => {
+            // Checked here too, so a malformed witness is named before any
+            // request, and a valid one (digits, a colon, hex) needs no
+            // escaping in the query string.
+            let witness = head
+                .as_deref()
+                .map(str::parse::<crate::audit::Witness>)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let path = match &witness {
+                Some(w) => format!("/v1/audit/verify?head={w}"),
+                None => "/v1/audit/verify".to_owned(),
+            };
+            let answer = call(cli, Method::GET, &path, None).await?;
             if answer["ok"].as_bool() == Some(true) {
-                println!("audit chain intact: {} records", answer["records"]);
+                let unkeyed = answer["unkeyed"].as_u64().unwrap_or(0);
+                print!("audit chain intact: {} records", answer["records"]);
+                if unkeyed > 0 {
+                    print!(
+                        " ({unkeyed} of them unkeyed SHA-256 records from before the upgrade, bound by the first keyed record)"
+                    );
+                }
+                println!();
+                if let Some(w) = witness {
+                    println!("witness {w} matches: nothing up to that record changed");
+                }
                 Ok(ExitCode::SUCCESS)
             } else {
                 eprintln!(
@@ -157,6 +179,11 @@ pub async fn audit(cli: &Cli, cmd: &AuditCommand) -> anyhow::Result<ExitCode> {
                 );
                 Ok(ExitCode::FAILURE)
             }
+        }
+        AuditCommand::Head => {
+            let answer = call(cli, Method::GET, "/v1/audit/head", None).await?;
+            println!("{}", answer["head"].as_str().unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Tail { n, json } => {
             let answer = call(cli, Method::GET, &format!("/v1/audit?limit={n}"), None).await?;

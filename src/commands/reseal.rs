@@ -9,6 +9,9 @@
 //!    fingerprint changed, in ONE transaction;
 //! 3. the new file is renamed over the old one.
 //!
+//! Step 2 also appends the audit record of the switch and passes the audit
+//! chain to the new master key's chain key (`Store::reseal`).
+//!
 //! A crash before 2 commits leaves the store on the old key (the `.new` file
 //! is simply replaced next time); after 2 but before 3, the store is on the
 //! new key and the next run of this command finishes the rename.
@@ -17,9 +20,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
+use crate::audit::key::AuditKey;
 use crate::clock::Clock as _;
 use crate::config::Config;
 use crate::keys::seal::{MasterKey, write_new_master_key_file};
+use crate::store::api::ChainSwitch;
 
 /// What the rotation did.
 #[derive(Debug)]
@@ -103,24 +108,35 @@ pub async fn rotate_master(config: &Config, socket: &Path) -> anyhow::Result<Res
         let resealed = new.seal(&key.kid, &pkcs8)?;
         blobs.push((key.kid, sealed, resealed));
     }
-    store
-        .reseal(&old.fingerprint(), &new.fingerprint(), &blobs)
-        .await
-        .context("re-sealing failed; nothing was changed")?;
-    install(&pending_new, current)?;
+    // The switch is itself the chain's record of the rotation, committed
+    // with it: MAC'd under both chain keys, with the old chain key wrapped
+    // under the new one so the new master key alone verifies the chain.
+    let (old_chain, new_chain) = (AuditKey::derive(&old), AuditKey::derive(&new));
     let mut entry = crate::audit::entry(crate::clock::SystemClock.now(), "rotate-master", "ok");
     entry.uid = Some(nix::unistd::getuid().as_raw());
     entry.gid = Some(nix::unistd::getgid().as_raw());
     entry.pid = Some(std::process::id() as i32);
     entry.detail = Some(format!(
-        "{} private keys re-sealed; master key {} -> {}",
+        "{} private keys re-sealed; master key {} -> {}; audit chain key {} -> {}",
         blobs.len(),
         old.fingerprint(),
-        new.fingerprint()
+        new.fingerprint(),
+        old_chain.id(),
+        new_chain.id()
     ));
-    if let Err(e) = store.append_audit(&[entry]).await {
-        eprintln!("warning: the rotation is done but could not be audited: {e}");
-    }
+    let switch = ChainSwitch {
+        wrap: new_chain
+            .wrap(&old_chain)
+            .context("cannot wrap the audit chain key")?,
+        old: &old_chain,
+        new: &new_chain,
+        entry,
+    };
+    store
+        .reseal(&old.fingerprint(), &new.fingerprint(), &blobs, &switch)
+        .await
+        .context("re-sealing failed; nothing was changed")?;
+    install(&pending_new, current)?;
     Ok(ResealReport {
         resealed: blobs.len(),
         old_fingerprint: old.fingerprint(),

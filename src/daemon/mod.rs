@@ -17,7 +17,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::writer::Auditor;
+use crate::audit::key::AuditKey;
+use crate::audit::writer::{Auditor, ChainRules};
 use crate::clock::Clock;
 use crate::config::live::LivePolicies;
 use crate::config::policy::Policies;
@@ -37,6 +38,11 @@ use crate::types::Span;
 use crate::workers::signing_pool::SigningPool;
 
 pub use ticker::TICK;
+
+/// How often the daemon logs the audit chain's head (`seq` and MAC of the
+/// newest record), so that a log shipped off the host holds witnesses for
+/// `audit verify --head`.
+pub const HEAD_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What the daemon is made of, built by the caller (`main` or a test).
 pub struct Parts {
@@ -90,10 +96,20 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let (auditor, audit_task) = Auditor::start(
         parts.store.clone(),
+        ChainRules {
+            key: Arc::new(AuditKey::derive(&parts.master)),
+            retention: parts.audit_retention.is_some(),
+        },
         parts.audit_spool.clone(),
         parts.audit_spool_refusal_bytes,
         metrics.audit.clone(),
     );
+    crate::audit::upgrade::key_the_chain(
+        parts.store.as_ref(),
+        &auditor,
+        parts.clock.now().timestamp(),
+    )
+    .await?;
     let refusals = Arc::new(RefusalGate::new(
         parts.audit_refusals_per_minute,
         metrics.refusals_over_budget.clone(),
@@ -149,6 +165,11 @@ pub async fn run(
         shutdown.clone(),
     ));
     hygiene::notify_ready();
+    let head_log = tokio::spawn(crate::audit::upgrade::log_head_every(
+        shared.store.clone(),
+        HEAD_LOG_EVERY,
+        shutdown.clone(),
+    ));
     let follow = ticker::Ticker {
         shared: shared.clone(),
         tls: parts.tls.clone(),
@@ -164,9 +185,13 @@ pub async fn run(
     refusals::flush(&shared.refusals, &shared.auditor, shared.clock.as_ref()).await;
     // The audit writer ends when its last handle is gone: the servers'
     // router states went with them, this is the last.
+    let store = shared.store.clone();
     drop(follow);
     drop(shared);
     let _ = audit_task.await;
+    let _ = head_log.await;
+    // The last witness, once every record of this run is in the store.
+    crate::audit::upgrade::log_head(store.as_ref()).await;
     let _ = std::fs::remove_file(&listeners.socket_path);
     tracing::info!("stopped");
     Ok(())

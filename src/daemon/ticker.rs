@@ -155,7 +155,11 @@ impl Ticker {
         let shared = &self.shared;
         let now = shared.clock.now();
         let before = now.timestamp() - keep.as_secs() as i64;
-        match shared.store.prune_audit(before).await {
+        match shared
+            .store
+            .prune_audit(&shared.auditor.chain().key, before)
+            .await
+        {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(records = n, retention = %keep, "audit records past retention pruned");

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::{fmt, fs};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::hkdf;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_PAD_INDIFFERENT, URL_SAFE_NO_PAD};
 use sha2::{Digest, Sha256};
@@ -365,6 +366,14 @@ impl MasterKey {
         text
     }
 
+    /// A 32-byte key for another purpose, derived from the master key with
+    /// HKDF-SHA-256 (RFC 5869; no salt, `label` as the info): each label
+    /// gives an independent key, so a key derived for one job (the audit
+    /// chain's MAC) reveals neither the master key nor any other derived key.
+    pub fn derive(&self, label: &[u8]) -> SecretBytes {
+        derive_key(self.key.expose(), label)
+    }
+
     fn aead_key(&self) -> Option<LessSafeKey> {
         UnboundKey::new(&AES_256_GCM, self.key.expose())
             .ok()
@@ -376,6 +385,20 @@ impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "MasterKey(fingerprint {}, redacted)", self.fingerprint())
     }
+}
+
+/// HKDF-SHA-256 of `secret` with `label` as the info, 32 bytes out.
+pub(crate) fn derive_key(secret: &[u8], label: &[u8]) -> SecretBytes {
+    let mut out = Zeroizing::new(vec![0u8; MASTER_KEY_LEN]);
+    let info = [label];
+    // Expanding 32 bytes from SHA-256 cannot fail: the only error is an
+    // output longer than 255 blocks.
+    hkdf::Salt::new(hkdf::HKDF_SHA256, &[])
+        .extract(secret)
+        .expand(&info, hkdf::HKDF_SHA256)
+        .and_then(|okm| okm.fill(&mut out[..]))
+        .expect("HKDF-SHA-256 expands 32 bytes");
+    SecretBytes::from(out)
 }
 
 fn aad(kid: &Kid) -> Vec<u8> {

@@ -15,7 +15,8 @@ use super::body::read_json;
 use super::error::ApiError;
 use super::peer::Peer;
 use super::state::SocketState;
-use crate::audit::chain::{AuditRecord, verify_stored};
+use crate::audit::chain::{AuditRecord, Witness, check_witness, verify_stored};
+use crate::audit::key::ChainKeys;
 use crate::lifecycle::executor::{LifecycleError, RevokeOutcome};
 use crate::types::{Alg, Kid, SetName};
 
@@ -83,10 +84,7 @@ pub(super) async fn rotate(
             .map_err(|e| ApiError::bad_request(format!("alg: {e}")))?;
         let algs = alg.map_or_else(|| "every alg".to_owned(), |a| a.as_str().to_owned());
         let why = format!("set {set} {algs} now={}", req.now);
-        let rotated = state
-            .lifecycle
-            .rotate(&set, alg, req.now)
-            .await;
+        let rotated = state.lifecycle.rotate(&set, alg, req.now).await;
         let (outcomes, _events) = match rotated {
             Ok(done) => done,
             Err(e) => {
@@ -216,32 +214,69 @@ pub(super) async fn audit_tail(
 pub struct VerifyAnswer {
     pub ok: bool,
     pub records: usize,
+    /// Records of the unkeyed chain from before the upgrade (checked by
+    /// hash, bound by the first keyed record).
+    #[serde(default)]
+    pub unkeyed: usize,
     pub error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct VerifyQuery {
+    /// A witness `SEQ:MAC` from `audit head`.
+    head: Option<String>,
 }
 
 pub(super) async fn audit_verify(
     State(state): State<SocketState>,
     ConnectInfo(peer): ConnectInfo<Peer>,
+    query: Result<Query<VerifyQuery>, QueryRejection>,
 ) -> Result<Json<VerifyAnswer>, ApiError> {
     let entry = peer.audit(state.clock.now().timestamp(), "audit");
-    let allowed = require_any_admin(&state, &peer);
-    audited(&state, entry, allowed).await?;
+    let allowed = require_any_admin(&state, &peer).and_then(|()| {
+        let Query(q) =
+            query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))?;
+        q.head
+            .as_deref()
+            .map(str::parse::<Witness>)
+            .transpose()
+            .map_err(ApiError::bad_request)
+    });
+    let witness = audited(&state, entry, allowed).await?;
     let records = state.store.audit_all().await.map_err(ApiError::internal)?;
     let anchor = state
         .store
         .audit_anchor()
         .await
         .map_err(ApiError::internal)?;
-    let mut answer = match verify_stored(anchor, &records) {
-        Ok(n) => VerifyAnswer {
+    let wraps = state
+        .store
+        .audit_key_wraps()
+        .await
+        .map_err(ApiError::internal)?;
+    let chain = state.auditor.chain();
+    let keys = ChainKeys::resolve(&chain.key, &wraps);
+    let verified = verify_stored(&keys, chain.retention, anchor.as_ref(), &records)
+        .map_err(|e| e.to_string())
+        .and_then(|v| match &witness {
+            Some(w) => check_witness(w, anchor.as_ref(), &records)
+                .map(|()| v)
+                .map_err(|e| e.to_string()),
+            None => Ok(v),
+        });
+    let mut answer = match verified {
+        Ok(v) => VerifyAnswer {
             ok: true,
-            records: n,
+            records: v.records,
+            unkeyed: v.unkeyed,
             error: None,
         },
         Err(e) => VerifyAnswer {
             ok: false,
             records: records.len(),
-            error: Some(e.to_string()),
+            unkeyed: 0,
+            error: Some(e),
         },
     };
     // Cutting records off the end leaves a valid shorter chain; this process
@@ -264,4 +299,40 @@ pub(super) async fn audit_verify(
         }
     }
     Ok(Json(answer))
+}
+
+/// What `audit head` prints: the newest record's seq and MAC.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HeadAnswer {
+    pub seq: i64,
+    pub mac: String,
+    /// `SEQ:MAC`, as `audit verify --head` takes it.
+    pub head: String,
+}
+
+pub(super) async fn audit_head(
+    State(state): State<SocketState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> Result<Json<HeadAnswer>, ApiError> {
+    let entry = peer.audit(state.clock.now().timestamp(), "audit");
+    let allowed = require_any_admin(&state, &peer);
+    // The request's own record is the head it answers with.
+    audited(&state, entry, allowed).await?;
+    let newest = state
+        .store
+        .audit_tail(1)
+        .await
+        .map_err(ApiError::internal)?;
+    let r = newest
+        .last()
+        .ok_or_else(|| ApiError::internal("the audit chain is empty"))?;
+    let witness = Witness {
+        seq: r.seq,
+        mac: r.hash.clone(),
+    };
+    Ok(Json(HeadAnswer {
+        seq: r.seq,
+        mac: r.hash.clone(),
+        head: witness.to_string(),
+    }))
 }

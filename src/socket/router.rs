@@ -18,6 +18,7 @@ pub fn router(shared: &Shared) -> Router {
         .route("/v1/admin/revoke", post(admin::revoke))
         .route("/v1/audit", get(admin::audit_tail))
         .route("/v1/audit/verify", get(admin::audit_verify))
+        .route("/v1/audit/head", get(admin::audit_head))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         // A known path with another method is no endpoint either: answered
         // in the one error shape (axum's default is a bare 405).

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::audit::chain::{AuditEntry, AuditRecord};
+use crate::audit::chain::{Anchor, AuditEntry, AuditRecord};
+use crate::audit::key::AuditKey;
 use crate::lifecycle::model::{Applied, Change, StoredKey};
 use crate::types::Kid;
 
@@ -38,6 +39,19 @@ pub enum StoreError {
     WrongMasterKey { stored: String, given: String },
 }
 
+/// What `seal rotate-master` changes in the audit chain, in the re-seal's
+/// transaction: the switch record `entry` is appended MAC'd under both
+/// chain keys (`audit::switch_after`); `wrap` (the old chain key wrapped
+/// under the new one, `AuditKey::wrap`) is kept so the new master key still
+/// verifies the records before it; an anchor the old key authenticates (or
+/// an unkeyed one) is authenticated under the new key.
+pub struct ChainSwitch<'a> {
+    pub old: &'a AuditKey,
+    pub new: &'a AuditKey,
+    pub wrap: String,
+    pub entry: AuditEntry,
+}
+
 /// Storage for keys, store facts and the audit trail.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -60,8 +74,13 @@ pub trait Store: Send + Sync + 'static {
     /// Records the master key fingerprint on first use; afterwards refuses a
     /// different one, so a wrong key is caught at start, not at first unseal.
     async fn bind_master_key(&self, fingerprint: &str) -> Result<(), StoreError>;
-    /// Appends entries to the audit chain in one transaction, in order.
-    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Appends entries to the audit chain in one transaction, in order,
+    /// each MAC'd under `key` (`audit::chain_after`).
+    async fn append_audit(
+        &self,
+        key: &Arc<AuditKey>,
+        entries: &[AuditEntry],
+    ) -> Result<Vec<AuditRecord>, StoreError>;
     /// The latest `limit` audit records, oldest first.
     async fn audit_tail(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
     /// Every audit record, oldest first.
@@ -71,21 +90,31 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces sealed private halves in one transaction: each
     /// `(kid, old, new)` is written only if the row still holds `old`, and
     /// the master key fingerprint moves from `old_fp` to `new_fp`. Any
-    /// mismatch changes nothing and is an error.
+    /// mismatch changes nothing and is an error. In the same transaction
+    /// the audit chain passes to the new master key's chain key
+    /// ([`ChainSwitch`]).
     async fn reseal(
         &self,
         old_fp: &str,
         new_fp: &str,
         blobs: &[(Kid, Vec<u8>, Vec<u8>)],
-    ) -> Result<(), StoreError>;
+        switch: &ChainSwitch<'_>,
+    ) -> Result<AuditRecord, StoreError>;
     /// Deletes the audit records older than `before` (unix seconds), oldest
     /// first and never the newest record, and keeps the (seq, hash) of the
-    /// last deleted one as the anchor the chain now starts from. Returns how
-    /// many were deleted.
-    async fn prune_audit(&self, before: i64) -> Result<u64, StoreError>;
-    /// The (seq, hash) the first stored audit record chains to: `None`
-    /// until a pruning, meaning the genesis hash before record 1.
-    async fn audit_anchor(&self) -> Result<Option<(i64, String)>, StoreError>;
+    /// last deleted one, MAC'd under `key`, as the anchor the chain now
+    /// starts from. Returns how many were deleted.
+    async fn prune_audit(&self, key: &AuditKey, before: i64) -> Result<u64, StoreError>;
+    /// What the first stored audit record chains to: `None` until a
+    /// pruning, meaning the genesis hash before record 1.
+    async fn audit_anchor(&self) -> Result<Option<Anchor>, StoreError>;
+    /// Authenticates, under `key`, an anchor written before the chain was
+    /// keyed (trust on first use, like the unkeyed records the first keyed
+    /// record binds); returns its seq if there was one to authenticate.
+    async fn key_legacy_anchor(&self, key: &AuditKey) -> Result<Option<i64>, StoreError>;
+    /// The chain keys left by `seal rotate-master`, each wrapped under the
+    /// key that replaced it: (older id, newer id, wrap).
+    async fn audit_key_wraps(&self) -> Result<Vec<(String, String, String)>, StoreError>;
     /// Takes or renews the lifecycle lease for `holder` if it is free,
     /// expired, or already held by `holder`; `true` when `holder` now holds
     /// it for `ttl_secs` seconds from now. `false` means another replica

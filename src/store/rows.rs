@@ -24,7 +24,7 @@ pub(super) const KEY_COLUMNS: &str = "kid, set_name, alg, version, state, public
      created_at, publish_at, activate_at, deactivate_at, retire_at, emergency";
 
 /// The `audit` columns, in [`AuditRow`] and [`audit_values`] order.
-pub(super) const AUDIT_COLUMNS: &str = "seq, at, action, outcome, uid, gid, pid, exe, client_id, audience, kid, jti, detail, prev_hash, hash";
+pub(super) const AUDIT_COLUMNS: &str = "seq, at, action, outcome, uid, gid, pid, exe, client_id, audience, kid, jti, detail, prev_hash, hash, chain_key";
 
 /// The chain's newest record (seq, hash), read under the append lock
 /// before a batch is appended.
@@ -64,6 +64,7 @@ pub(super) type AuditRow = (
     Option<String>,
     String,
     String,
+    Option<String>,
 );
 
 /// An audit record's values as written, in [`AUDIT_COLUMNS`] order.
@@ -86,6 +87,7 @@ pub(super) type AuditValues<'a> = (
     Option<&'a String>,
     &'a String,
     &'a String,
+    Option<&'a String>,
 );
 
 /// `INSERT INTO table (columns) VALUES ($1, ...), ...` for `rows` rows.
@@ -166,6 +168,7 @@ pub(super) fn audit_from_row(row: AuditRow) -> Result<AuditRecord, StoreError> {
         },
         prev_hash: row.13,
         hash: row.14,
+        key: row.15,
     })
 }
 
@@ -188,6 +191,7 @@ pub(super) fn audit_values(r: &AuditRecord) -> AuditValues<'_> {
         e.detail.as_ref(),
         &r.prev_hash,
         &r.hash,
+        r.key.as_ref(),
     )
 }
 
@@ -203,7 +207,7 @@ mod tests {
         );
         assert_eq!(
             insert_sql("audit", AUDIT_COLUMNS, 1).matches('$').count(),
-            15
+            16
         );
     }
 }

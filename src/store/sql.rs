@@ -13,13 +13,14 @@ use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, Database, Encode, FromRow, Type};
 use tokio::sync::Notify;
 
-use super::api::{LIFECYCLE_LEASE, Store, StoreError};
+use super::api::{ChainSwitch, LIFECYCLE_LEASE, Store, StoreError};
 use super::dialect::{Dialect, Publish, RowsAffected as _};
 use super::rows::{
     AUDIT_COLUMNS, AUDIT_TAIL, AuditRow, KEY_COLUMNS, KeyRow, audit_from_row, audit_values,
     insert_sql, key_from_row,
 };
-use crate::audit::chain::{AuditEntry, AuditRecord, chain_after};
+use crate::audit::chain::{Anchor, AuditEntry, AuditRecord, chain_after, switch_after};
+use crate::audit::key::AuditKey;
 use crate::lifecycle::model::{Applied, Change, StoredKey};
 use crate::types::Kid;
 
@@ -44,7 +45,7 @@ impl<DB: Database, T: for<'t> Encode<'t, DB> + Type<DB>> Bind<DB> for T {}
 pub trait Fetch<DB: Database>: for<'r> FromRow<'r, DB::Row> {}
 impl<DB: Database, T: for<'r> FromRow<'r, DB::Row>> Fetch<DB> for T {}
 
-/// Rows per audit INSERT: 15 binds a row keeps a statement under SQLite's
+/// Rows per audit INSERT: 16 binds a row keeps a statement under SQLite's
 /// 32,766 and PostgreSQL's 65,535 bind parameters.
 pub(super) const AUDIT_ROWS_PER_INSERT: usize = 1000;
 
@@ -78,6 +79,90 @@ impl<D: Dialect> SqlStore<D> {
         }
     }
 }
+
+impl<D> SqlStore<D>
+where
+    D: Dialect,
+    for<'c> &'c mut Conn<D>: sqlx::Executor<'c, Database = D::DB>,
+    <D::DB as Database>::Arguments: sqlx::IntoArguments<D::DB>,
+    (i64, String): Fetch<D::DB>,
+    (String,): Fetch<D::DB>,
+    String: Bind<D::DB>,
+    Option<String>: Bind<D::DB>,
+    i64: Bind<D::DB>,
+    Option<i64>: Bind<D::DB>,
+{
+    /// Inserts chained `records` on `conn`, inside the caller's
+    /// transaction and under its audit lock.
+    async fn insert_audit(conn: &mut Conn<D>, records: &[AuditRecord]) -> Result<(), StoreError> {
+        for chunk in records.chunks(AUDIT_ROWS_PER_INSERT) {
+            // One multi-row statement per chunk: one statement per record
+            // cost a round trip each (to sqlx's SQLite worker thread, or
+            // over the PostgreSQL socket), which made a group commit, and
+            // every signature waiting for it, slower than its fsync. One
+            // text per batch size: under steady load the sizes repeat, and
+            // the per-connection statement cache keeps them prepared.
+            let sql = insert_sql("audit", AUDIT_COLUMNS, chunk.len());
+            let mut insert = sqlx::query(AssertSqlSafe(sql));
+            for r in chunk {
+                // In column order. sqlx encodes `Option` per database, so
+                // code generic over the database binds the optional texts
+                // owned (a bound over every borrowed `Option<&String>`
+                // trips a compiler limitation in async code).
+                let v = audit_values(r);
+                insert = insert
+                    .bind(v.0)
+                    .bind(v.1)
+                    .bind(v.2.clone())
+                    .bind(v.3.clone())
+                    .bind(v.4)
+                    .bind(v.5)
+                    .bind(v.6)
+                    .bind(v.7.cloned())
+                    .bind(v.8.cloned())
+                    .bind(v.9.cloned())
+                    .bind(v.10.cloned())
+                    .bind(v.11.cloned())
+                    .bind(v.12.cloned())
+                    .bind(v.13.clone())
+                    .bind(v.14.clone())
+                    .bind(v.15.cloned());
+            }
+            insert.execute(&mut *conn).await.map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    /// The stored anchor, read on `conn`.
+    async fn read_anchor(conn: &mut Conn<D>) -> Result<Option<Anchor>, StoreError> {
+        let v: Option<(String,)> =
+            sqlx::query_as("SELECT value FROM meta WHERE name = 'audit_anchor'")
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(backend)?;
+        v.map(|(v,)| {
+            Anchor::parse(&v).ok_or_else(|| StoreError::Corrupt(format!("audit anchor {v:?}")))
+        })
+        .transpose()
+    }
+
+    /// Writes the anchor on `conn`.
+    async fn write_anchor(conn: &mut Conn<D>, anchor: &Anchor) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO meta (name, value) VALUES ('audit_anchor', $1) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(anchor.format())
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+}
+
+/// The `meta` names of the chain keys' wraps: `audit_key_wrap:<older id>`,
+/// valued `<newer id>:<wrap>`.
+const WRAP_PREFIX: &str = "audit_key_wrap:";
 
 /// The query behind [`Store::live_keys`].
 fn live_keys_sql() -> String {
@@ -170,12 +255,16 @@ where
         Ok(())
     }
 
-    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<Vec<AuditRecord>, StoreError> {
+    async fn append_audit(
+        &self,
+        key: &Arc<AuditKey>,
+        entries: &[AuditEntry],
+    ) -> Result<Vec<AuditRecord>, StoreError> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
         if let Some(appender) = self.dialect.audit_appender() {
-            return appender.append(entries).await;
+            return appender.append(key, entries).await;
         }
         let mut tx = self.begin_write().await?;
         if let Some(lock) = D::LOCK_AUDIT {
@@ -186,41 +275,8 @@ where
             .fetch_optional(&mut *tx)
             .await
             .map_err(backend)?;
-        let records = chain_after(last, entries);
-        for chunk in records.chunks(AUDIT_ROWS_PER_INSERT) {
-            // One multi-row statement per chunk: one statement per record
-            // cost a round trip each (to sqlx's SQLite worker thread, or
-            // over the PostgreSQL socket), which made a group commit, and
-            // every signature waiting for it, slower than its fsync. One
-            // text per batch size: under steady load the sizes repeat, and
-            // the per-connection statement cache keeps them prepared.
-            let sql = insert_sql("audit", AUDIT_COLUMNS, chunk.len());
-            let mut insert = sqlx::query(AssertSqlSafe(sql));
-            for r in chunk {
-                // In column order. sqlx encodes `Option` per database, so
-                // code generic over the database binds the optional texts
-                // owned (a bound over every borrowed `Option<&String>`
-                // trips a compiler limitation in async code).
-                let v = audit_values(r);
-                insert = insert
-                    .bind(v.0)
-                    .bind(v.1)
-                    .bind(v.2)
-                    .bind(v.3)
-                    .bind(v.4)
-                    .bind(v.5)
-                    .bind(v.6)
-                    .bind(v.7.cloned())
-                    .bind(v.8.cloned())
-                    .bind(v.9.cloned())
-                    .bind(v.10.cloned())
-                    .bind(v.11.cloned())
-                    .bind(v.12.cloned())
-                    .bind(v.13)
-                    .bind(v.14);
-            }
-            insert.execute(&mut *tx).await.map_err(backend)?;
-        }
+        let records = chain_after(last, key, entries);
+        Self::insert_audit(&mut tx, &records).await?;
         tx.commit().await.map_err(backend)?;
         Ok(records)
     }
@@ -251,9 +307,10 @@ where
         old_fp: &str,
         new_fp: &str,
         blobs: &[(Kid, Vec<u8>, Vec<u8>)],
-    ) -> Result<(), StoreError> {
+        switch: &ChainSwitch<'_>,
+    ) -> Result<AuditRecord, StoreError> {
         let mut tx = self.begin_write().await?;
-        for lock in D::LOCK_KEYS {
+        for lock in D::LOCK_KEYS.iter().chain(D::LOCK_AUDIT.as_slice()) {
             sqlx::query(*lock)
                 .execute(&mut *tx)
                 .await
@@ -291,13 +348,38 @@ where
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
+        // The audit chain passes to the new key in the same commit: there
+        // is never a store on the new master key whose chain ends under
+        // the old one.
+        let last: Option<(i64, String)> = sqlx::query_as(AUDIT_TAIL)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let record = switch_after(last, switch.old, switch.new, switch.entry.clone());
+        Self::insert_audit(&mut tx, std::slice::from_ref(&record)).await?;
+        sqlx::query(
+            "INSERT INTO meta (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(format!("{WRAP_PREFIX}{}", switch.old.id()))
+        .bind(format!("{}:{}", switch.new.id(), switch.wrap))
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        // An anchor the old key does not authenticate stays as it is, for
+        // `audit verify` to report.
+        if let Some(a) = Self::read_anchor(&mut tx).await?
+            && (a.mac.is_none() || a.is_authentic(switch.old))
+        {
+            Self::write_anchor(&mut tx, &Anchor::keyed(switch.new, a.seq, a.hash)).await?;
+        }
         tx.commit().await.map_err(backend)?;
         // The old ciphertexts are erased too.
         D::after_erasure(&self.pool).await;
-        Ok(())
+        Ok(record)
     }
 
-    async fn prune_audit(&self, before: i64) -> Result<u64, StoreError> {
+    async fn prune_audit(&self, key: &AuditKey, before: i64) -> Result<u64, StoreError> {
         let mut tx = self.begin_write().await?;
         if let Some(lock) = D::LOCK_AUDIT {
             sqlx::query(lock).execute(&mut *tx).await.map_err(backend)?;
@@ -318,25 +400,50 @@ where
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        sqlx::query(
-            "INSERT INTO meta (name, value) VALUES ('audit_anchor', $1) \
-             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        )
-        .bind(format_anchor(seq, &hash))
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
+        Self::write_anchor(&mut tx, &Anchor::keyed(key, seq, hash)).await?;
         tx.commit().await.map_err(backend)?;
         Ok(res.rows_affected())
     }
 
-    async fn audit_anchor(&self) -> Result<Option<(i64, String)>, StoreError> {
-        let v: Option<String> =
-            sqlx::query_scalar("SELECT value FROM meta WHERE name = 'audit_anchor'")
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(backend)?;
-        v.as_deref().map(parse_anchor).transpose()
+    async fn audit_anchor(&self) -> Result<Option<Anchor>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        Self::read_anchor(&mut conn).await
+    }
+
+    async fn key_legacy_anchor(&self, key: &AuditKey) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        if let Some(lock) = D::LOCK_AUDIT {
+            sqlx::query(lock).execute(&mut *tx).await.map_err(backend)?;
+        }
+        let Some(a) = Self::read_anchor(&mut tx)
+            .await?
+            .filter(|a| a.mac.is_none())
+        else {
+            return Ok(None);
+        };
+        let seq = a.seq;
+        Self::write_anchor(&mut tx, &Anchor::keyed(key, a.seq, a.hash)).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(Some(seq))
+    }
+
+    async fn audit_key_wraps(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT name, value FROM meta WHERE substr(name, 1, 15) = 'audit_key_wrap:'",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter()
+            .map(|(name, value)| {
+                let older = name.strip_prefix(WRAP_PREFIX);
+                let newer = value.split_once(':');
+                match (older, newer) {
+                    (Some(o), Some((n, w))) => Ok((o.to_owned(), n.to_owned(), w.to_owned())),
+                    _ => Err(StoreError::Corrupt(format!("audit key wrap {name:?}"))),
+                }
+            })
+            .collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -380,18 +487,6 @@ where
     fn changes(&self) -> Arc<Notify> {
         self.changes.clone()
     }
-}
-
-/// How the audit anchor (seq, hash) is kept in `meta`: `"<seq>:<hash>"`.
-fn format_anchor(seq: i64, hash: &str) -> String {
-    format!("{seq}:{hash}")
-}
-
-/// Reads an anchor written by [`format_anchor`].
-fn parse_anchor(v: &str) -> Result<(i64, String), StoreError> {
-    v.split_once(':')
-        .and_then(|(seq, hash)| Some((seq.parse().ok()?, hash.to_owned())))
-        .ok_or_else(|| StoreError::Corrupt(format!("audit anchor {v:?}")))
 }
 
 /// The preconditions of [`Store::reseal`], checked inside its transaction:

@@ -20,8 +20,8 @@
 //! to bound it stalls the batches behind it.
 
 use std::path::Path;
-use std::sync::LazyLock;
 use std::sync::mpsc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -30,9 +30,11 @@ use tokio::sync::oneshot;
 use super::api::StoreError;
 use super::rows::{AUDIT_COLUMNS, AUDIT_TAIL, audit_values, insert_sql};
 use crate::audit::chain::{self as audit, AuditEntry, AuditRecord};
+use crate::audit::key::AuditKey;
 
 type Job = (
     Vec<AuditEntry>,
+    Arc<AuditKey>,
     oneshot::Sender<Result<Vec<AuditRecord>, StoreError>>,
 );
 
@@ -58,14 +60,16 @@ impl AuditAppender {
         Ok(AuditAppender { jobs })
     }
 
-    /// Appends `entries` to the chain in one durable transaction.
+    /// Appends `entries` to the chain, MAC'd under `key`, in one durable
+    /// transaction.
     pub(super) async fn append(
         &self,
+        key: &Arc<AuditKey>,
         entries: &[AuditEntry],
     ) -> Result<Vec<AuditRecord>, StoreError> {
         let (done, answer) = oneshot::channel();
         self.jobs
-            .send((entries.to_vec(), done))
+            .send((entries.to_vec(), key.clone(), done))
             .map_err(|_| StoreError::Backend("the audit appender thread has stopped".into()))?;
         answer
             .await
@@ -125,7 +129,7 @@ fn keeps_connection(e: &rusqlite::Error) -> bool {
 /// The appender thread: one batch at a time, in arrival order.
 fn append_loop(path: &Path, jobs: &mpsc::Receiver<Job>) {
     let mut conn: Option<Connection> = None;
-    while let Ok((entries, done)) = jobs.recv() {
+    while let Ok((entries, key, done)) = jobs.recv() {
         // A panic must not end the thread: every later batch would fail
         // until a restart. The connection it held is not reused.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -133,7 +137,7 @@ fn append_loop(path: &Path, jobs: &mpsc::Receiver<Job>) {
                 Some(c) => c,
                 None => connect(path)?,
             };
-            let result = append(&mut c, &entries);
+            let result = append(&mut c, &key, &entries);
             // A failed batch is rolled back when its transaction drops; the
             // connection is kept only when that left it outside a
             // transaction and the failure was the lock's, not its own.
@@ -165,12 +169,16 @@ static INSERT_ONE: LazyLock<String> = LazyLock::new(|| insert_sql("audit", AUDIT
 /// One batch: the chain's tail is read inside the write transaction
 /// (`BEGIN IMMEDIATE`), so no other writer can append between the read and
 /// the insert.
-fn append(conn: &mut Connection, entries: &[AuditEntry]) -> rusqlite::Result<Vec<AuditRecord>> {
+fn append(
+    conn: &mut Connection,
+    key: &AuditKey,
+    entries: &[AuditEntry],
+) -> rusqlite::Result<Vec<AuditRecord>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let last: Option<(i64, String)> = tx
         .query_row(AUDIT_TAIL, [], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
-    let records = audit::chain_after(last, entries);
+    let records = audit::chain_after(last, key, entries);
     {
         // In-process SQLite: one prepared single-row statement per record
         // costs microseconds, and keeps one statement text for every batch
