@@ -90,6 +90,34 @@ pub struct Config {
     pub master_key_file: Option<PathBuf>,
     /// `[policies] dir`; default `/etc/jwksd/policies`.
     pub policies_dir: PathBuf,
+    /// `[tokens]`: how the token broker reaches token endpoints.
+    pub tokens: TokensConfig,
+}
+
+/// `[tokens]`: the token broker's upstream client (DESIGN §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokensConfig {
+    /// `ca_file`: PEM certificates trusted for token endpoints besides the
+    /// system's roots (a private CA). `None` (the default): system roots
+    /// only.
+    pub ca_file: Option<PathBuf>,
+    /// `connect_timeout`: time to open the TCP connection and finish the
+    /// TLS handshake. Default 5 s; between 1 s and 60 s.
+    pub connect_timeout: std::time::Duration,
+    /// `timeout`: time for a whole upstream request, connecting included,
+    /// up to the last byte of the answer (a slow drip ends here). Default
+    /// 15 s; between 1 s and 120 s, and at least `connect_timeout`.
+    pub timeout: std::time::Duration,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        TokensConfig {
+            ca_file: None,
+            connect_timeout: std::time::Duration::from_secs(5),
+            timeout: std::time::Duration::from_secs(15),
+        }
+    }
 }
 
 /// `[server]`: listeners and the signing socket.
@@ -203,6 +231,15 @@ struct RawConfig {
     store: RawStore,
     seal: RawSeal,
     policies: RawPolicies,
+    tokens: RawTokens,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawTokens {
+    ca_file: Option<String>,
+    connect_timeout: Option<String>,
+    timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -406,6 +443,8 @@ impl Config {
             raw.policies.dir.as_deref().unwrap_or(DEFAULT_POLICIES_DIR),
         )?;
 
+        let tokens = check_tokens(c, raw.tokens)?;
+
         Ok(Config {
             file: c.file().to_owned(),
             server: ServerConfig {
@@ -427,8 +466,72 @@ impl Config {
             audit_spool_refusal_bytes,
             master_key_file,
             policies_dir,
+            tokens,
         })
     }
+}
+
+/// A `[tokens]` duration: `default` when unset, else within `1s..=max_s`.
+fn bounded_secs(
+    c: &Checker<'_>,
+    field: &str,
+    text: Option<&str>,
+    default: std::time::Duration,
+    max_s: u64,
+) -> Result<std::time::Duration, FieldError> {
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    crate::types::Span::parse(text)
+        .ok()
+        .map(|span| span.as_secs())
+        .filter(|s| (1..=max_s).contains(s))
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| {
+            c.err(
+                field,
+                format!("{text:?}"),
+                format!("must be a duration between 1s and {max_s}s"),
+            )
+        })
+}
+
+fn check_tokens(c: &Checker<'_>, raw: RawTokens) -> Result<TokensConfig, FieldError> {
+    let defaults = TokensConfig::default();
+    let ca_file = raw
+        .ca_file
+        .as_deref()
+        .map(|p| c.path("tokens.ca_file", p))
+        .transpose()?;
+    let connect_timeout = bounded_secs(
+        c,
+        "tokens.connect_timeout",
+        raw.connect_timeout.as_deref(),
+        defaults.connect_timeout,
+        60,
+    )?;
+    let timeout = bounded_secs(
+        c,
+        "tokens.timeout",
+        raw.timeout.as_deref(),
+        defaults.timeout,
+        120,
+    )?;
+    if timeout < connect_timeout {
+        return Err(c.err(
+            "tokens.timeout",
+            format!("{:?}", raw.timeout.as_deref().unwrap_or("15s")),
+            format!(
+                "must be at least tokens.connect_timeout ({}s): it bounds the whole request, connecting included",
+                connect_timeout.as_secs()
+            ),
+        ));
+    }
+    Ok(TokensConfig {
+        ca_file,
+        connect_timeout,
+        timeout,
+    })
 }
 
 /// `socket_mode`: a quoted octal string such as `"0660"` (or `"0o660"`).
@@ -576,6 +679,51 @@ mod tests {
         assert_eq!(c.store, StoreUrl::Sqlite("/var/lib/jwksd/jwksd.db".into()));
         assert_eq!(c.master_key_file, None);
         assert_eq!(c.policies_dir, Path::new("/etc/jwksd/policies"));
+    }
+
+    #[test]
+    fn tokens_section_has_defaults_and_is_loaded() {
+        assert_eq!(parse(MIN).unwrap().tokens, TokensConfig::default());
+        let c = with(
+            "",
+            "[tokens]\nca_file = \"ca/ehr.pem\"\nconnect_timeout = \"2s\"\ntimeout = \"30s\"",
+        )
+        .unwrap();
+        assert_eq!(
+            c.tokens.ca_file.as_deref(),
+            Some(Path::new("etc/ca/ehr.pem"))
+        );
+        assert_eq!(c.tokens.connect_timeout.as_secs(), 2);
+        assert_eq!(c.tokens.timeout.as_secs(), 30);
+    }
+
+    #[test]
+    fn tokens_timeouts_out_of_range_are_refused_naming_the_field() {
+        for (field, bad, max) in [
+            ("connect_timeout", "\"0s\"", 60),
+            ("connect_timeout", "\"2m\"", 60),
+            ("timeout", "\"3m\"", 120),
+            ("timeout", "\"soon\"", 120),
+        ] {
+            assert_eq!(
+                message(with("", &format!("[tokens]\n{field} = {bad}"))),
+                format!(
+                    "etc/jwksd.toml: tokens.{field} = {bad}: must be a duration between 1s and {max}s"
+                )
+            );
+        }
+        assert_eq!(
+            message(with(
+                "",
+                "[tokens]\nconnect_timeout = \"20s\"\ntimeout = \"10s\""
+            )),
+            "etc/jwksd.toml: tokens.timeout = \"10s\": must be at least tokens.connect_timeout (20s): it bounds the whole request, connecting included"
+        );
+        assert_eq!(
+            message(with("", "[tokens]\nca_file = \"\"")),
+            "etc/jwksd.toml: tokens.ca_file = \"\": must not be empty"
+        );
+        assert!(message(with("", "[tokens]\nretries = 3")).contains("unknown field"));
     }
 
     #[test]

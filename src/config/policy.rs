@@ -116,6 +116,25 @@ pub struct ClientPolicy {
     /// Whether assertions carry a `jku` header pointing at this set's JWKS.
     /// Default false.
     pub jku: bool,
+    /// The scopes the token broker may ask for on this client's behalf
+    /// (`scopes`, RFC 6749 scope tokens); a token request names a subset.
+    /// Default empty: no access token for this client.
+    pub scopes: Vec<String>,
+    /// Upstream token requests per minute at most, per (client, token URL)
+    /// (`token_requests_per_minute`). Default 50 (athenahealth's production
+    /// limit), 1 to 10000.
+    pub token_requests_per_minute: u32,
+}
+
+/// `token_requests_per_minute` when a client does not say.
+pub const DEFAULT_TOKEN_REQUESTS_PER_MINUTE: u32 = 50;
+
+/// Whether `s` is an RFC 6749 §3.3 scope token: one or more of `%x21`,
+/// `%x23-5B`, `%x5D-7E` (printable ASCII but space, `"` and `\`).
+pub fn is_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| matches!(b, 0x21 | 0x23..=0x5b | 0x5d..=0x7e))
 }
 
 /// How a socket caller is recognised from its kernel peer credentials.
@@ -234,6 +253,9 @@ struct RawClient {
     audiences: Option<Vec<String>>,
     #[serde(default)]
     jku: bool,
+    #[serde(default)]
+    scopes: Vec<String>,
+    token_requests_per_minute: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -554,10 +576,37 @@ fn check_clients(c: &Checker<'_>, raw: Vec<RawClient>) -> Result<Vec<ClientPolic
         for (k, aud) in audiences.iter().enumerate() {
             c.web_url(&format!("{field}[{k}]"), aud)?;
         }
+        for (k, scope) in rc.scopes.iter().enumerate() {
+            let field = format!("clients[{i}].scopes[{k}]");
+            if !is_scope_token(scope) {
+                return Err(c.err(
+                    field,
+                    format!("{scope:?}"),
+                    "must be one scope token: printable ASCII without spaces, '\"' or '\\' (list several scopes as several strings)",
+                ));
+            }
+            if let Some(j) = rc.scopes[..k].iter().position(|o| o == scope) {
+                return Err(c.err(
+                    field,
+                    format!("{scope:?}"),
+                    format!("already listed at clients[{i}].scopes[{j}]"),
+                ));
+            }
+        }
+        let token_requests_per_minute = match rc.token_requests_per_minute {
+            None => DEFAULT_TOKEN_REQUESTS_PER_MINUTE,
+            Some(n) => c.within(
+                &format!("clients[{i}].token_requests_per_minute"),
+                n,
+                1..=10_000,
+            )?,
+        };
         clients.push(ClientPolicy {
             client_id,
             audiences,
             jku: rc.jku,
+            scopes: rc.scopes,
+            token_requests_per_minute,
         });
     }
     Ok(clients)
@@ -1269,6 +1318,61 @@ mod tests {
             )),
             "policies/x.toml: clients[0].audiences[0] = \"/oauth2/token\": must be an absolute http(s) URL with a host, like \"https://ehr.example.com/token\""
         );
+    }
+
+    #[test]
+    fn scopes_and_token_rate_have_defaults_and_are_loaded() {
+        let p = with(CLIENT).unwrap();
+        assert!(p.clients[0].scopes.is_empty());
+        assert_eq!(p.clients[0].token_requests_per_minute, 50);
+        let p = with(&format!(
+            "{CLIENT}scopes = [\"system/Patient.rs\", \"system/Observation.rs\"]\ntoken_requests_per_minute = 5\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            p.clients[0].scopes,
+            ["system/Patient.rs", "system/Observation.rs"]
+        );
+        assert_eq!(p.clients[0].token_requests_per_minute, 5);
+    }
+
+    #[test]
+    fn a_scope_that_is_not_one_scope_token_is_refused() {
+        for (bad, shown) in [
+            ("\"a b\"", "\"a b\""),
+            ("\"\"", "\"\""),
+            ("\"a\\\"b\"", "\"a\\\"b\""),
+            ("\"\\u00e9\"", "\"é\""),
+        ] {
+            assert_eq!(
+                message(with(&format!("{CLIENT}scopes = [\"ok\", {bad}]\n"))),
+                format!(
+                    "policies/x.toml: clients[0].scopes[1] = {shown}: must be one scope token: printable ASCII without spaces, '\"' or '\\' (list several scopes as several strings)"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn a_duplicate_scope_is_refused() {
+        assert_eq!(
+            message(with(&format!("{CLIENT}scopes = [\"a\", \"b\", \"a\"]\n"))),
+            "policies/x.toml: clients[0].scopes[2] = \"a\": already listed at clients[0].scopes[0]"
+        );
+    }
+
+    #[test]
+    fn token_requests_per_minute_out_of_range_is_refused() {
+        for bad in [0, -1, 10_001] {
+            assert_eq!(
+                message(with(&format!(
+                    "{CLIENT}token_requests_per_minute = {bad}\n"
+                ))),
+                format!(
+                    "policies/x.toml: clients[0].token_requests_per_minute = {bad}: must be between 1 and 10000"
+                )
+            );
+        }
     }
 
     #[test]
