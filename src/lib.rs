@@ -21,5 +21,6 @@ pub mod socket;
 pub mod state;
 pub mod store;
 pub mod timeline;
+pub mod tokens;
 pub mod types;
 pub mod workers;
