@@ -10,5 +10,6 @@
 //! `Retry-After`, the rate cap). The socket wiring lives in
 //! `socket/tokens.rs`: nothing here knows who the caller is.
 
+pub mod cache;
 pub mod token;
 pub mod upstream;
