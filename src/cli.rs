@@ -51,6 +51,8 @@ pub enum Command {
     Keys(KeysCommand),
     /// Print a signed client assertion (through the daemon's socket).
     Sign(SignArgs),
+    /// Print an access token from the daemon's token broker (through the socket).
+    Token(TokenArgs),
     /// Print the published JWKS of a set, exactly as the HTTP endpoint serves it.
     Jwks {
         #[arg(long, default_value = "default")]
@@ -121,6 +123,26 @@ pub struct SignArgs {
     /// Assertion lifetime in seconds (default and maximum: the policy's assertion_lifetime).
     #[arg(long)]
     pub lifetime: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[arg(long)]
+    pub client_id: String,
+    /// The token endpoint URL, exactly as listed in the client's audiences.
+    #[arg(long)]
+    pub token_url: String,
+    /// Space-separated scopes, a subset of the client's scopes.
+    #[arg(long)]
+    pub scope: String,
+    /// Seconds the token must still be valid for (default 30).
+    #[arg(long)]
+    pub min_ttl: Option<u64>,
+    /// RS384 or ES384 for the assertion (default: the first of the policy's algorithms).
+    #[arg(long)]
+    pub alg: Option<String>,
+    #[arg(long)]
+    pub set: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

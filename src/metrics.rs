@@ -68,6 +68,68 @@ pub struct Metrics {
     pub refusals_over_budget: Counter,
     key_age: Family<SlotLabels, Gauge>,
     next_transition: Family<SlotLabels, Gauge>,
+    /// The token broker's (DESIGN §6).
+    pub tokens: TokenMetrics,
+}
+
+/// Labels of the token cache's counter: `result` is `hit`, `miss` or
+/// `refresh`; `client` comes from the policy.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenCacheLabels {
+    pub client: String,
+    pub result: String,
+}
+
+/// Labels of failed upstream token calls: `error` is an RFC 6749 error
+/// code, `other_oauth_error`, or one of jwksd's own kinds (`timeout`,
+/// `connect`, `too_large`, `bad_answer`, `http_<status>`, `assertion`):
+/// never text an endpoint chose.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenErrorLabels {
+    pub client: String,
+    pub error: String,
+}
+
+/// The token broker's metrics. Never a token, never a caller's text.
+#[derive(Clone)]
+pub struct TokenMetrics {
+    /// Token requests answered from the cache, by fetching, and the
+    /// background refreshes.
+    pub cache: Family<TokenCacheLabels, Counter>,
+    /// Upstream calls that gave no token.
+    pub upstream_errors: Family<TokenErrorLabels, Counter>,
+    /// Time of one upstream call (seconds), signing included.
+    pub upstream_seconds: Histogram,
+}
+
+impl TokenMetrics {
+    fn new() -> Self {
+        TokenMetrics {
+            cache: Family::default(),
+            upstream_errors: Family::default(),
+            upstream_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+        }
+    }
+
+    /// Counts a request answered as `result` for `client`.
+    pub fn cache(&self, client: &str, result: &str) {
+        self.cache
+            .get_or_create(&TokenCacheLabels {
+                client: client.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a failed upstream call.
+    pub fn upstream_error(&self, client: &str, error: &str) {
+        self.upstream_errors
+            .get_or_create(&TokenErrorLabels {
+                client: client.to_owned(),
+                error: error.to_owned(),
+            })
+            .inc();
+    }
 }
 
 impl Default for Metrics {
@@ -161,8 +223,25 @@ impl Default for Metrics {
             "Seconds until the pending key may activate",
             next_transition.clone(),
         );
+        let tokens = TokenMetrics::new();
+        registry.register(
+            "jwksd_token_cache",
+            "Token requests by client and result (hit, miss, refresh)",
+            tokens.cache.clone(),
+        );
+        registry.register(
+            "jwksd_token_upstream_errors",
+            "Upstream token calls that gave no token, by client and error",
+            tokens.upstream_errors.clone(),
+        );
+        registry.register(
+            "jwksd_token_upstream_seconds",
+            "Time of one upstream token call, signing included",
+            tokens.upstream_seconds.clone(),
+        );
         Metrics {
             registry,
+            tokens,
             signatures,
             sign_seconds,
             jwks_requests,

@@ -13,6 +13,8 @@ use crate::lifecycle::executor::Executor;
 use crate::metrics::Metrics;
 use crate::socket::refusals::RefusalGate;
 use crate::store::Store;
+use crate::tokens::cache::TokenCache;
+use crate::tokens::upstream::Upstream;
 use crate::workers::signing_pool::SigningPool;
 
 /// Every handle a server or the lease loop may need. Cloning it clones the
@@ -37,4 +39,8 @@ pub struct Shared {
     pub public_url: PublicUrl,
     /// Per-uid budgets of refusal records (`socket::refusals`).
     pub refusals: Arc<RefusalGate>,
+    /// The token broker's cache (each replica keeps its own).
+    pub tokens: Arc<TokenCache>,
+    /// The client of token endpoints (`[tokens]`).
+    pub upstream: Upstream,
 }

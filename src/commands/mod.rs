@@ -38,6 +38,7 @@ pub async fn run(cli: Cli, master_key_env: Option<Zeroizing<Vec<u8>>>) -> anyhow
         }
         Command::Keys(cmd) => remote::keys(&cli, cmd).await,
         Command::Sign(args) => remote::sign(&cli, args).await,
+        Command::Token(args) => remote::token(&cli, args).await,
         Command::Jwks { set } => local::jwks(&cli, set).await,
         Command::Policy(PolicyCommand::Check { files }) => local::policy_check(&cli, files),
         Command::Audit(cmd) => remote::audit(&cli, cmd).await,

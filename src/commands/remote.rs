@@ -8,7 +8,7 @@ use hyper::Method;
 
 use super::client;
 use super::locate::socket_path;
-use crate::cli::{AuditCommand, Cli, KeysCommand, SignArgs};
+use crate::cli::{AuditCommand, Cli, KeysCommand, SignArgs, TokenArgs};
 use crate::socket::keys::KeyView;
 
 /// What `keys revoke` adds on PostgreSQL (SECURITY.md §3 "Destruction").
@@ -28,6 +28,24 @@ pub async fn sign(cli: &Cli, args: &SignArgs) -> anyhow::Result<ExitCode> {
         .as_str()
         .context("the daemon's answer has no assertion")?;
     println!("{jwt}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `jwksd token`: prints the access token alone.
+pub async fn token(cli: &Cli, args: &TokenArgs) -> anyhow::Result<ExitCode> {
+    let body = serde_json::json!({
+        "client_id": args.client_id,
+        "token_url": args.token_url,
+        "scope": args.scope,
+        "min_ttl_s": args.min_ttl,
+        "alg": args.alg,
+        "set": args.set,
+    });
+    let answer = call(cli, Method::POST, "/v1/tokens", Some(body)).await?;
+    let token = answer["access_token"]
+        .as_str()
+        .context("the daemon's answer has no access_token")?;
+    println!("{token}");
     Ok(ExitCode::SUCCESS)
 }
 

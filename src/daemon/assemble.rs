@@ -52,6 +52,7 @@ impl Parts {
                 ..Default::default()
             },
             tls,
+            tokens: config.tokens.clone(),
         })
     }
 }

@@ -68,6 +68,8 @@ pub struct Parts {
     /// When set, the public listener speaks TLS with this certificate,
     /// re-read when its files change (checked every tick) and on SIGHUP.
     pub tls: Option<Arc<CertStore>>,
+    /// `[tokens]`: trust roots and timeouts of the token broker.
+    pub tokens: crate::config::daemon::TokensConfig,
 }
 
 /// The bound listeners.
@@ -118,6 +120,12 @@ pub async fn run(
         tracing::warn!("{warning}");
     }
     let policies = LivePolicies::new(parts.policies);
+    let upstream = crate::tokens::upstream::Upstream::new(
+        parts.tokens.ca_file.as_deref(),
+        parts.tokens.connect_timeout,
+        parts.tokens.timeout,
+    )?;
+    let tokens = Arc::new(crate::tokens::cache::TokenCache::new(parts.clock.clone()));
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let shared = Shared {
         lifecycle: Arc::new(Executor::new(
@@ -141,6 +149,8 @@ pub async fn run(
         signers: Arc::new(SigningPool::start(cores)?),
         public_url: parts.public_url,
         refusals,
+        tokens,
+        upstream,
     };
     // Existing keys are served at once; a first start serves 503 until the
     // first tick has generated them.

@@ -20,6 +20,7 @@ pub mod refusals;
 pub mod router;
 mod state;
 mod timeline;
+mod tokens;
 
 pub use credentials::PeerCredentials;
 pub use error::ApiError;

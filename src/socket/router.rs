@@ -5,13 +5,14 @@ use axum::routing::{get, post};
 
 use super::error::ApiError;
 use super::state::SocketState;
-use super::{admin, assertions, keys, timeline};
+use super::{admin, assertions, keys, timeline, tokens};
 use crate::state::Shared;
 
 /// The socket router, with its own state taken from `shared`.
 pub fn router(shared: &Shared) -> Router {
     Router::new()
         .route("/v1/assertions", post(assertions::create))
+        .route("/v1/tokens", post(tokens::create).delete(tokens::forget))
         .route("/v1/keys", get(keys::list))
         .route("/v1/keys/timeline", get(timeline::draw))
         .route("/v1/admin/rotate", post(admin::rotate))

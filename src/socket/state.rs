@@ -12,6 +12,8 @@ use crate::lifecycle::executor::Executor;
 use crate::metrics::Metrics;
 use crate::state::Shared;
 use crate::store::Store;
+use crate::tokens::cache::TokenCache;
+use crate::tokens::upstream::Upstream;
 use crate::workers::signing_pool::SigningPool;
 
 use super::limits::CallerLimits;
@@ -34,6 +36,9 @@ pub struct SocketState {
     pub limits: Arc<CallerLimits>,
     /// Per-uid budgets of refusal records.
     pub refusals: Arc<RefusalGate>,
+    /// The token broker's cache and upstream client.
+    pub tokens: Arc<TokenCache>,
+    pub upstream: Upstream,
 }
 
 impl SocketState {
@@ -50,6 +55,8 @@ impl SocketState {
             public_url: shared.public_url.clone(),
             limits: Arc::default(),
             refusals: shared.refusals.clone(),
+            tokens: shared.tokens.clone(),
+            upstream: shared.upstream.clone(),
         }
     }
 }

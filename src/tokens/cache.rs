@@ -609,15 +609,22 @@ mod tests {
         for answer in [Ok(3600), Err(refused(400, None))] {
             let ep = Endpoint::new(move |_| answer.clone());
             let hold = ep.gate.acquire_many(1 << 20).await.unwrap();
+            let entered = Arc::new(AtomicUsize::new(0));
             let tasks: Vec<_> = (0..1000)
                 .map(|_| {
-                    let (ep, cache) = (ep.clone(), cache.clone());
-                    tokio::spawn(async move { ep.get(&cache, key("x"), ASK).await })
+                    let (ep, cache, entered) = (ep.clone(), cache.clone(), entered.clone());
+                    tokio::spawn(async move {
+                        entered.fetch_add(1, Ordering::SeqCst);
+                        ep.get(&cache, key("x"), ASK).await
+                    })
                 })
                 .collect();
-            while ep.calls() == 0 {
+            // Every request must be waiting before the one call answers (a
+            // request that comes after a failure rightly tries again).
+            while ep.calls() == 0 || entered.load(Ordering::SeqCst) < 1000 {
                 tokio::task::yield_now().await;
             }
+            tokio::time::sleep(Duration::from_millis(200)).await;
             drop(hold);
             let mut outcomes = Vec::new();
             for t in tasks {
