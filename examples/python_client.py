@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
-"""Get a client assertion from jwksd over its Unix socket and exchange it
-for an access token. Standard library only."""
+"""Get an access token from jwksd over its Unix socket and call a FHIR
+endpoint with it; on a 401, drop the token and retry once. jwksd signs the
+assertion, calls the token endpoint and caches the token. Standard library
+only.
+
+FLOW=assertion shows the older path instead: get a client assertion from
+the socket and post it to the token endpoint yourself."""
 import http.client
 import json
 import os
 import socket
 import sys
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -13,6 +19,7 @@ SOCKET = os.environ.get("JWKSD_SOCKET", "/run/jwksd/jwksd.sock")
 CLIENT_ID = os.environ["CLIENT_ID"]
 TOKEN_URL = os.environ["TOKEN_URL"]
 SCOPE = os.environ.get("SCOPE", "system/*.rs")
+FHIR_URL = os.environ.get("FHIR_URL")
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -25,18 +32,54 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.path)
 
 
-def assertion():
+def jwksd(method, path, body):
     conn = UnixHTTPConnection(SOCKET)
-    body = json.dumps({"client_id": CLIENT_ID, "audience": TOKEN_URL})
-    conn.request("POST", "/v1/assertions", body, {"content-type": "application/json"})
+    conn.request(method, path, json.dumps(body), {"content-type": "application/json"})
     resp = conn.getresponse()
-    answer = json.loads(resp.read())
-    if resp.status != 200:
+    data = resp.read()
+    if resp.status >= 300:
+        answer = json.loads(data)
         sys.exit(f"jwksd refused ({resp.status}): {answer['error']}: {answer['message']}")
-    return answer["assertion"]
+    return json.loads(data) if data else None
 
 
-def token(jwt):
+# --- the token path: one request to the socket ---------------------------
+
+KEY = {"client_id": CLIENT_ID, "token_url": TOKEN_URL, "scope": SCOPE}
+
+
+def access_token():
+    return jwksd("POST", "/v1/tokens", KEY)["access_token"]
+
+
+def fhir_get(url, token):
+    req = urllib.request.Request(url, headers={"authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, None
+
+
+def token_flow():
+    token = access_token()
+    if not FHIR_URL:
+        return {"token_type": "Bearer", "access_token": token}
+    status, body = fhir_get(FHIR_URL, token)
+    if status == 401:
+        # The resource server refused the token (revoked, or issued before a
+        # key change): drop it from jwksd's cache and try once more.
+        jwksd("DELETE", "/v1/tokens", KEY)
+        status, body = fhir_get(FHIR_URL, access_token())
+    if status != 200:
+        sys.exit(f"FHIR server answered {status}")
+    return body
+
+
+# --- the assertion path: post the assertion yourself ---------------------
+
+def assertion_flow():
+    jwt = jwksd("POST", "/v1/assertions", {"client_id": CLIENT_ID, "audience": TOKEN_URL})["assertion"]
     form = urllib.parse.urlencode({
         "grant_type": "client_credentials",
         "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
@@ -48,4 +91,5 @@ def token(jwt):
 
 
 if __name__ == "__main__":
-    print(json.dumps(token(assertion())))
+    flow = assertion_flow if os.environ.get("FLOW") == "assertion" else token_flow
+    print(json.dumps(flow()))
