@@ -2,6 +2,7 @@
 //! once, when the router is built.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::audit::writer::Auditor;
 use crate::clock::Clock;
@@ -31,10 +32,12 @@ pub struct SocketState {
     /// Per-caller bounds from the policies' `[[callers]]`: the socket's
     /// own state, not shared with any other server.
     pub limits: Arc<CallerLimits>,
+    /// `server.request_timeout`: from a request's headers to its answer.
+    pub request_timeout: Duration,
 }
 
 impl SocketState {
-    pub fn new(shared: &Shared) -> Self {
+    pub fn new(shared: &Shared, request_timeout: Duration) -> Self {
         SocketState {
             policies: shared.policies.clone(),
             clock: shared.clock.clone(),
@@ -46,6 +49,7 @@ impl SocketState {
             store: shared.store.clone(),
             public_url: shared.public_url.clone(),
             limits: Arc::default(),
+            request_timeout,
         }
     }
 }
