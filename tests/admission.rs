@@ -449,8 +449,8 @@ async fn a_client_answered_before_it_sent_its_body_can_still_send_it_and_reads_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_one_request_connections_of_one_uid_over_its_limits_all_get_an_http_answer() {
     let (_tmp, d) = start(
-        "max_connections_per_uid = 8",
-        "max_concurrent = 2\nmax_queued = 2\nqueue_timeout = \"1s\"\n",
+        "max_connections_per_uid = 24",
+        "max_concurrent = 2\nmax_queued = 1\nqueue_timeout = \"1s\"\n",
     );
     d.ready().await;
     const CLIENTS: usize = 32;
@@ -463,12 +463,17 @@ async fn many_one_request_connections_of_one_uid_over_its_limits_all_get_an_http
                 let mut seen = Vec::new();
                 for _ in 0..EACH {
                     // One connection per request; head and body in two
-                    // writes, as many clients send them.
+                    // writes a moment apart, as many clients send them (a
+                    // head answered in between is what the load test hit).
                     let outcome = async {
                         let mut s = UnixStream::connect(&socket).await?;
-                        let body = sign_body("app");
+                        // RS384: slow enough (milliseconds) to go over
+                        // max_concurrent, cheap enough for 256 of them.
+                        let body = json!({"client_id": "app", "audience": AUD, "alg": "RS384"})
+                            .to_string()
+                            .into_bytes();
                         s.write_all(&head("POST", "/v1/assertions", body.len())).await?;
-                        tokio::task::yield_now().await;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
                         s.write_all(&body).await?;
                         read_answer(&mut s).await
                     };
