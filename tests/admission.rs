@@ -112,7 +112,8 @@ async fn read_answer(s: &mut UnixStream) -> io::Result<Answer> {
                 .unwrap_or(0);
             if buf.len() >= end + 4 + len {
                 let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-                let body = serde_json::from_slice(&buf[end + 4..end + 4 + len]).unwrap_or(Value::Null);
+                let body =
+                    serde_json::from_slice(&buf[end + 4..end + 4 + len]).unwrap_or(Value::Null);
                 return Ok(Answer { status, head, body });
             }
         }
@@ -120,7 +121,10 @@ async fn read_answer(s: &mut UnixStream) -> io::Result<Answer> {
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("closed before a whole answer: {:?}", String::from_utf8_lossy(&buf)),
+                format!(
+                    "closed before a whole answer: {:?}",
+                    String::from_utf8_lossy(&buf)
+                ),
             ));
         }
         buf.extend_from_slice(&chunk[..n]);
@@ -156,7 +160,14 @@ async fn settle() {
 /// A signature request of this process (`client` "app") on a fresh
 /// connection.
 async fn sign(d: &Daemon, within: Duration) -> Result<(StatusCode, hyper::body::Bytes), String> {
-    socket_try(&d.socket, Method::POST, "/v1/assertions", sign_body("app"), within).await
+    socket_try(
+        &d.socket,
+        Method::POST,
+        "/v1/assertions",
+        sign_body("app"),
+        within,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,7 +232,9 @@ async fn stalled_bodies_of_an_unlisted_and_of_a_listed_peer_do_not_stop_a_listed
     for uid in [UNLISTED, OTHER] {
         for _ in 0..4 {
             let mut s = connect_as(&d.socket, uid, 0).unwrap();
-            s.write_all(&head("POST", "/v1/assertions", 100)).await.unwrap();
+            s.write_all(&head("POST", "/v1/assertions", 100))
+                .await
+                .unwrap();
             stalled.push((uid, s));
         }
     }
@@ -255,7 +268,10 @@ async fn stalled_bodies_of_an_unlisted_and_of_a_listed_peer_do_not_stop_a_listed
             _ => panic!("uid {uid}: {a:?}"),
         }
     }
-    assert!(cut > 0, "no stalled body of the listed peer was cut at the deadline");
+    assert!(
+        cut > 0,
+        "no stalled body of the listed peer was cut at the deadline"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,7 +323,14 @@ async fn a_callers_excess_queues_behind_itself_only_and_beyond_its_queue_gets_42
         .map(|_| {
             let socket = d.socket.clone();
             tokio::spawn(async move {
-                socket_try(&socket, Method::POST, "/v1/assertions", sign_body("app"), Duration::from_secs(60)).await
+                socket_try(
+                    &socket,
+                    Method::POST,
+                    "/v1/assertions",
+                    sign_body("app"),
+                    Duration::from_secs(60),
+                )
+                .await
             })
         })
         .collect();
@@ -324,7 +347,11 @@ async fn a_callers_excess_queues_behind_itself_only_and_beyond_its_queue_gets_42
         .unwrap();
     assert_eq!(a.status, 429, "{a:?}");
     assert!(a.message().contains("callers.max_queued"), "{a:?}");
-    let retry: u64 = a.header("retry-after").expect("429 without Retry-After").parse().unwrap();
+    let retry: u64 = a
+        .header("retry-after")
+        .expect("429 without Retry-After")
+        .parse()
+        .unwrap();
     assert!(retry >= 1, "{a:?}");
 
     // Caller B, another uid, is served while A's queue still waits: B
@@ -332,7 +359,9 @@ async fn a_callers_excess_queues_behind_itself_only_and_beyond_its_queue_gets_42
     for _ in 0..3 {
         let mut s = connect_as(&d.socket, OTHER, 0).unwrap();
         let body = sign_body("other-app");
-        s.write_all(&head("POST", "/v1/assertions", body.len())).await.unwrap();
+        s.write_all(&head("POST", "/v1/assertions", body.len()))
+            .await
+            .unwrap();
         s.write_all(&body).await.unwrap();
         let a = tokio::time::timeout(Duration::from_secs(20), read_answer(&mut s))
             .await
@@ -368,10 +397,17 @@ async fn a_queued_request_is_refused_with_429_after_queue_timeout_and_so_is_a_ra
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert!(
-        v["message"].as_str().unwrap().contains("callers.queue_timeout"),
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("callers.queue_timeout"),
         "{v}"
     );
-    assert!(waited.elapsed() >= Duration::from_millis(900), "{:?}", waited.elapsed());
+    assert!(
+        waited.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        waited.elapsed()
+    );
     assert_eq!(release(slot).await.status, 200);
 
     // The rate limit's 429 carries Retry-After too.
@@ -380,9 +416,10 @@ async fn a_queued_request_is_refused_with_429_after_queue_timeout_and_so_is_a_ra
     let mut refused = None;
     for _ in 0..3 {
         let s = UnixStream::connect(&d.socket).await.unwrap();
-        let (status, headers, body) = send(s, Method::POST, "/v1/assertions", &[], sign_body("app"))
-            .await
-            .unwrap();
+        let (status, headers, body) =
+            send(s, Method::POST, "/v1/assertions", &[], sign_body("app"))
+                .await
+                .unwrap();
         if status == StatusCode::TOO_MANY_REQUESTS {
             refused = Some((headers, body));
             break;
@@ -408,7 +445,9 @@ async fn a_client_answered_before_it_sent_its_body_can_still_send_it_and_reads_t
     // Over max_concurrent with no queue: 429 on the head alone.
     let mut s = UnixStream::connect(&d.socket).await.unwrap();
     let body = sign_body("app");
-    s.write_all(&head("POST", "/v1/assertions", body.len())).await.unwrap();
+    s.write_all(&head("POST", "/v1/assertions", body.len()))
+        .await
+        .unwrap();
     let a = tokio::time::timeout(Duration::from_secs(10), read_answer(&mut s))
         .await
         .expect("no early 429")
@@ -418,7 +457,9 @@ async fn a_client_answered_before_it_sent_its_body_can_still_send_it_and_reads_t
     // writes its whole request before reading does; a daemon that closed
     // the connection outright made this EPIPE (and a read ECONNRESET).
     for part in body.chunks(body.len().div_ceil(3)) {
-        s.write_all(part).await.expect("the body could not be sent after the early answer");
+        s.write_all(part)
+            .await
+            .expect("the body could not be sent after the early answer");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut rest = Vec::new();
@@ -434,11 +475,16 @@ async fn a_client_answered_before_it_sent_its_body_can_still_send_it_and_reads_t
     let also_idle = UnixStream::connect(&d.socket).await.unwrap();
     settle().await;
     let mut s = UnixStream::connect(&d.socket).await.unwrap();
-    s.write_all(&head("POST", "/v1/assertions", body.len())).await.unwrap();
+    s.write_all(&head("POST", "/v1/assertions", body.len()))
+        .await
+        .unwrap();
     s.write_all(&body).await.unwrap();
     let a = read_answer(&mut s).await.unwrap();
     assert_eq!(a.status, 503, "{a:?}");
-    assert!(a.message().contains("server.max_connections_per_uid"), "{a:?}");
+    assert!(
+        a.message().contains("server.max_connections_per_uid"),
+        "{a:?}"
+    );
     assert!(a.header("retry-after").is_some(), "{a:?}");
     let end = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
     assert!(matches!(end, Ok(Ok(0))), "{end:?}");
@@ -472,16 +518,19 @@ async fn many_one_request_connections_of_one_uid_over_its_limits_all_get_an_http
                         let body = json!({"client_id": "app", "audience": AUD, "alg": "RS384"})
                             .to_string()
                             .into_bytes();
-                        s.write_all(&head("POST", "/v1/assertions", body.len())).await?;
+                        s.write_all(&head("POST", "/v1/assertions", body.len()))
+                            .await?;
                         tokio::time::sleep(Duration::from_millis(2)).await;
                         s.write_all(&body).await?;
                         read_answer(&mut s).await
                     };
-                    seen.push(match tokio::time::timeout(Duration::from_secs(30), outcome).await {
-                        Ok(Ok(a)) => Ok(a.status),
-                        Ok(Err(e)) => Err(format!("{:?}: {e}", e.kind())),
-                        Err(_) => Err("no answer within 30 s".to_owned()),
-                    });
+                    seen.push(
+                        match tokio::time::timeout(Duration::from_secs(30), outcome).await {
+                            Ok(Ok(a)) => Ok(a.status),
+                            Ok(Err(e)) => Err(format!("{:?}: {e}", e.kind())),
+                            Err(_) => Err("no answer within 30 s".to_owned()),
+                        },
+                    );
                 }
                 seen
             })
@@ -502,8 +551,16 @@ async fn many_one_request_connections_of_one_uid_over_its_limits_all_get_an_http
         started.elapsed(),
         failures.len()
     );
-    assert!(failures.is_empty(), "{} failed, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
-    assert!(statuses.keys().all(|s| [200, 429, 503].contains(s)), "{statuses:?}");
+    assert!(
+        failures.is_empty(),
+        "{} failed, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        statuses.keys().all(|s| [200, 429, 503].contains(s)),
+        "{statuses:?}"
+    );
     assert!(statuses.get(&200).is_some_and(|n| *n > 0), "{statuses:?}");
     assert!(
         statuses.keys().any(|s| *s != 200),

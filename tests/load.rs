@@ -50,7 +50,10 @@ async fn five_hundred_clients_sign_through_rotations_without_a_failure() {
     // All clients are this test's uid: its connection bound must hold them.
     let cfg = tmp.path().join("jwksd.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
-    let bound = format!("[server]\nmax_connections_per_uid = {}\n", clients.clamp(1, 1024));
+    let bound = format!(
+        "[server]\nmax_connections_per_uid = {}\n",
+        clients.clamp(1, 1024)
+    );
     std::fs::write(&cfg, text.replacen("[server]\n", &bound, 1)).unwrap();
     let d = Daemon::spawn_in(tmp.path());
     d.ready().await;

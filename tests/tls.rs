@@ -237,10 +237,17 @@ async fn an_idle_http2_connection_over_tls_is_closed_after_the_header_timeout() 
     let ca = Ca::new("jwksd test CA");
     let leaf = ca.leaf();
     let tmp = tempfile::tempdir().unwrap();
-    write_tls_files_with(tmp.path(), &leaf.chain_pem, &leaf.key_pem, "header_timeout = \"2s\"");
+    write_tls_files_with(
+        tmp.path(),
+        &leaf.chain_pem,
+        &leaf.key_pem,
+        "header_timeout = \"2s\"",
+    );
     let d = Daemon::start_in(tmp.path());
     d.ready().await;
-    let stream = connect(d.public, &client(&ca.der(), &[b"h2"])).await.unwrap();
+    let stream = connect(d.public, &client(&ca.der(), &[b"h2"]))
+        .await
+        .unwrap();
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -250,7 +257,10 @@ async fn an_idle_http2_connection_over_tls_is_closed_after_the_header_timeout() 
     let req = Request::get("https://localhost/.well-known/jwks.json")
         .body(Empty::<Bytes>::new())
         .unwrap();
-    assert_eq!(sender.send_request(req).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        sender.send_request(req).await.unwrap().status(),
+        StatusCode::OK
+    );
     // Then the client sends nothing: the daemon ends the connection (GOAWAY,
     // then close) after header_timeout, as HTTP/1.1 between requests.
     let idle = Instant::now();
@@ -260,7 +270,10 @@ async fn an_idle_http2_connection_over_tls_is_closed_after_the_header_timeout() 
         .unwrap()
         .unwrap();
     let after = idle.elapsed();
-    assert!(after >= Duration::from_millis(1500), "closed after {after:?}, header_timeout 2s");
+    assert!(
+        after >= Duration::from_millis(1500),
+        "closed after {after:?}, header_timeout 2s"
+    );
 }
 
 #[tokio::test]

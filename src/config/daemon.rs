@@ -354,8 +354,7 @@ impl Config {
             Some(n) => c.within("server.max_connections", n, 1..=100_000)?,
         };
         let header_timeout = timeout(c, "server.header_timeout", s.header_timeout.as_deref())?;
-        let request_timeout =
-            timeout(c, "server.request_timeout", s.request_timeout.as_deref())?;
+        let request_timeout = timeout(c, "server.request_timeout", s.request_timeout.as_deref())?;
         let max_connections_per_uid = match s.max_connections_per_uid {
             None => DEFAULT_MAX_CONNECTIONS_PER_UID.min(max_connections),
             Some(n) => c

@@ -1321,8 +1321,9 @@ mod tests {
             "policies/x.toml: callers[0].queue_timeout = \"10m\": must be at most 5m"
         );
         assert!(
-            message(with("[[callers]]\nuid = 5\nqueue_timeout = \"soon\"\n"))
-                .starts_with("policies/x.toml: callers[0].queue_timeout = \"soon\": not a duration")
+            message(with("[[callers]]\nuid = 5\nqueue_timeout = \"soon\"\n")).starts_with(
+                "policies/x.toml: callers[0].queue_timeout = \"soon\": not a duration"
+            )
         );
     }
 

@@ -371,6 +371,9 @@ async fn an_idle_h2_connection_is_asked_to_finish_after_the_header_timeout() {
         .unwrap()
         .unwrap();
     let after = started.elapsed();
-    assert!(after >= Duration::from_millis(400), "{after:?}, header timeout 500 ms");
+    assert!(
+        after >= Duration::from_millis(400),
+        "{after:?}, header timeout 500 ms"
+    );
     server.stop().await;
 }

@@ -8,8 +8,8 @@
 //! a limit the answer is 429 (with `Retry-After`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -30,7 +30,12 @@ fn limits_for(grants: &[Grant<'_>]) -> Option<(Bounds, Option<u32>)> {
     let bounds = Bounds {
         concurrent: grants.iter().map(|(_, c)| c.max_concurrent).max()?,
         queued: grants.iter().map(|(_, c)| c.max_queued).max()?,
-        wait: Duration::from_secs(grants.iter().map(|(_, c)| c.queue_timeout.as_secs()).max()?),
+        wait: Duration::from_secs(
+            grants
+                .iter()
+                .map(|(_, c)| c.queue_timeout.as_secs())
+                .max()?,
+        ),
     };
     // Unlimited if any entry is; else the highest rate.
     let rate = if grants.iter().any(|(_, c)| c.max_per_second.is_none()) {
@@ -104,9 +109,7 @@ impl CallerLimits {
         }
         let (slots, waiting) = {
             let mut map = self.callers.lock().unwrap_or_else(|p| p.into_inner());
-            let caller = map
-                .entry(peer.uid)
-                .or_insert_with(|| Caller::new(bounds));
+            let caller = map.entry(peer.uid).or_insert_with(|| Caller::new(bounds));
             if caller.bounds != bounds {
                 // The policy changed (reload): new requests use the new bounds.
                 *caller = Caller::new(bounds);
