@@ -14,13 +14,16 @@ use std::time::Duration;
 use axum::extract::ConnectInfo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::UnixStream;
+use tokio::sync::Notify;
 
 use super::peer::Peer;
 use crate::net::linger;
 use crate::net::prepare::{Prepare, Prepared};
 
-/// How long a connection over its uid's bound may take to send its request
-/// before it is answered anyway.
+/// How long a connection over its uid's bound waits for one of that uid's
+/// connections to close (a client that opens a connection per request
+/// reconnects before the daemon has seen its last one close), and then may
+/// take to send its request before it is answered 503 anyway.
 const REFUSAL_WAIT: Duration = Duration::from_secs(1);
 
 /// Reads the peer credentials (`Peer::of`) of each connection, holds it to
@@ -28,7 +31,15 @@ const REFUSAL_WAIT: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct PeerCredentials {
     per_uid: usize,
-    open: Arc<Mutex<HashMap<u32, usize>>>,
+    open: Arc<Open>,
+}
+
+/// The open connections of every uid that has any.
+#[derive(Debug, Default)]
+struct Open {
+    by_uid: Mutex<HashMap<u32, usize>>,
+    /// Woken whenever a connection closes.
+    closed: Notify,
 }
 
 impl PeerCredentials {
@@ -42,7 +53,7 @@ impl PeerCredentials {
 
     /// One of `uid`'s connections, if it has one left.
     fn take(&self, uid: u32) -> Option<UidSlot> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.open.by_uid.lock().unwrap_or_else(|p| p.into_inner());
         let n = open.entry(uid).or_insert(0);
         if *n >= self.per_uid {
             return None;
@@ -53,24 +64,42 @@ impl PeerCredentials {
             open: self.open.clone(),
         })
     }
+
+    /// One of `uid`'s connections as soon as one closes, for
+    /// [`REFUSAL_WAIT`] at most.
+    async fn wait_for(&self, uid: u32) -> Option<UidSlot> {
+        let deadline = tokio::time::Instant::now() + REFUSAL_WAIT;
+        loop {
+            let closed = self.open.closed.notified();
+            tokio::pin!(closed);
+            // Registered before looking, so no close is missed between.
+            closed.as_mut().enable();
+            if let Some(slot) = self.take(uid) {
+                return Some(slot);
+            }
+            tokio::time::timeout_at(deadline, closed).await.ok()?;
+        }
+    }
 }
 
 /// One open connection of a uid, given back when the connection closes.
 #[derive(Debug)]
 struct UidSlot {
     uid: u32,
-    open: Arc<Mutex<HashMap<u32, usize>>>,
+    open: Arc<Open>,
 }
 
 impl Drop for UidSlot {
     fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.uid) {
+        let mut by_uid = self.open.by_uid.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = by_uid.get_mut(&self.uid) {
             *n -= 1;
             if *n == 0 {
-                open.remove(&self.uid);
+                by_uid.remove(&self.uid);
             }
         }
+        drop(by_uid);
+        self.open.closed.notify_waiters();
     }
 }
 
@@ -87,7 +116,11 @@ impl Prepare<UnixStream> for PeerCredentials {
 
     async fn prepare(&self, stream: UnixStream) -> io::Result<Prepared<PeerStream>> {
         let peer = Peer::of(&stream);
-        let Some(slot) = self.take(peer.uid) else {
+        let slot = match self.take(peer.uid) {
+            Some(slot) => Some(slot),
+            None => self.wait_for(peer.uid).await,
+        };
+        let Some(slot) = slot else {
             refuse_over_bound(stream, peer.uid, self.per_uid).await;
             return Err(io::Error::other(format!(
                 "uid {} is at server.max_connections_per_uid ({}); answered 503",
@@ -104,11 +137,11 @@ impl Prepare<UnixStream> for PeerCredentials {
     }
 }
 
-/// Answers a connection over its uid's bound with a 503 in the API's error
-/// shape, without serving it: it is never read beyond its request, holds
-/// no slot, and is closed by lingering (its client reads the answer rather
-/// than a reset). Its request is given a moment to arrive first, so the
-/// answer follows it as HTTP expects.
+/// Answers a connection still over its uid's bound with a 503 in the API's
+/// error shape, without serving it: it is never read beyond its request,
+/// holds no slot, and is closed by lingering (its client reads the answer
+/// rather than a reset). Its request is given a moment to arrive first, so
+/// the answer follows it as HTTP expects.
 async fn refuse_over_bound(mut stream: UnixStream, uid: u32, per_uid: usize) {
     let _ = tokio::time::timeout(REFUSAL_WAIT, stream.readable()).await;
     let body = serde_json::json!({
