@@ -47,12 +47,13 @@ async fn five_hundred_clients_sign_through_rotations_without_a_failure() {
     // would share one RLIMIT_NOFILE (1024 by default on many systems).
     let tmp = tempfile::tempdir().unwrap();
     write_files(tmp.path(), &policy);
-    // All clients are this test's uid: its connection bound must hold them.
+    // All clients are this test's uid: its connection bound must hold them,
+    // with room for connections still closing while their client reconnects.
     let cfg = tmp.path().join("jwksd.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
     let bound = format!(
         "[server]\nmax_connections_per_uid = {}\n",
-        clients.clamp(1, 1024)
+        (2 * clients).clamp(1, 1024)
     );
     std::fs::write(&cfg, text.replacen("[server]\n", &bound, 1)).unwrap();
     let d = Daemon::spawn_in(tmp.path());
