@@ -29,6 +29,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_SOCKET: &str = "/run/jwksd/jwksd.sock";
 /// Default `server.socket_mode`: owner and group read/write.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+/// Default `server.max_connections_per_uid` (lowered to
+/// `server.max_connections` when that is smaller): room for an app's
+/// worker pool, far from the 1024 connections of the default bound.
+pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 128;
 /// Default `store.url`.
 pub const DEFAULT_STORE_URL: &str = "sqlite:///var/lib/jwksd/jwksd.db";
 /// Default `store.audit_spool` with PostgreSQL.
@@ -118,6 +122,18 @@ pub struct ServerConfig {
     /// a duration such as `"30s"`); a slower one is disconnected. Default
     /// 30 s; between 1 s and 1 h.
     pub header_timeout: std::time::Duration,
+    /// Time a socket request has from the end of its headers to its answer
+    /// (`server.request_timeout`): its body must be in by then (else 408)
+    /// and an answer not ready by then is a 503. A caller that stalls its
+    /// body holds its connection this long at most. Default 30 s; between
+    /// 1 s and 1 h.
+    pub request_timeout: std::time::Duration,
+    /// Open socket connections at most per peer uid
+    /// (`server.max_connections_per_uid`), so that one local user cannot
+    /// take every connection of `max_connections`; further connections of
+    /// that uid are answered 503 at once. Default 128 (or
+    /// `max_connections` when that is lower); at most `max_connections`.
+    pub max_connections_per_uid: usize,
     /// Group owning the socket; `None` means the daemon's group. Resolved
     /// (and an unknown name refused) at start-up, not here.
     pub socket_group: Option<String>,
@@ -218,6 +234,8 @@ struct RawServer {
     socket_group: Option<String>,
     max_connections: Option<i64>,
     header_timeout: Option<String>,
+    request_timeout: Option<String>,
+    max_connections_per_uid: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -360,18 +378,22 @@ impl Config {
             None => 1024,
             Some(n) => c.within("server.max_connections", n, 1..=100_000)?,
         };
-        let header_timeout = match s.header_timeout.as_deref() {
-            None => std::time::Duration::from_secs(30),
-            Some(text) => crate::types::Span::parse(text)
-                .ok()
-                .map(|span| std::time::Duration::from_secs(span.as_secs()))
-                .filter(|d| (1..=3600).contains(&d.as_secs()))
-                .ok_or_else(|| {
-                    c.err(
-                        "server.header_timeout",
-                        format!("{text:?}"),
-                        "must be a duration between 1s and 1h",
-                    )
+        let header_timeout = timeout(c, "server.header_timeout", s.header_timeout.as_deref())?;
+        let request_timeout = timeout(c, "server.request_timeout", s.request_timeout.as_deref())?;
+        let max_connections_per_uid = match s.max_connections_per_uid {
+            None => DEFAULT_MAX_CONNECTIONS_PER_UID.min(max_connections),
+            Some(n) => c
+                .within("server.max_connections_per_uid", n, 1..=100_000)
+                .and_then(|n: usize| {
+                    if n > max_connections {
+                        Err(c.err(
+                            "server.max_connections_per_uid",
+                            n.to_string(),
+                            format!("must be <= server.max_connections ({max_connections})"),
+                        ))
+                    } else {
+                        Ok(n)
+                    }
                 })?,
         };
         let store = parse_store(c, raw.store.url.as_deref().unwrap_or(DEFAULT_STORE_URL))?;
@@ -419,6 +441,8 @@ impl Config {
                 socket_group,
                 max_connections,
                 header_timeout,
+                request_timeout,
+                max_connections_per_uid,
             },
             store,
             audit_spool,
@@ -429,6 +453,29 @@ impl Config {
             policies_dir,
         })
     }
+}
+
+/// `server.header_timeout` and `server.request_timeout`: a duration
+/// between 1 s and 1 h, 30 s when unset.
+fn timeout(
+    c: &Checker<'_>,
+    field: &str,
+    text: Option<&str>,
+) -> Result<std::time::Duration, FieldError> {
+    let Some(text) = text else {
+        return Ok(std::time::Duration::from_secs(30));
+    };
+    crate::types::Span::parse(text)
+        .ok()
+        .map(|span| std::time::Duration::from_secs(span.as_secs()))
+        .filter(|d| (1..=3600).contains(&d.as_secs()))
+        .ok_or_else(|| {
+            c.err(
+                field,
+                format!("{text:?}"),
+                "must be a duration between 1s and 1h",
+            )
+        })
 }
 
 /// `socket_mode`: a quoted octal string such as `"0660"` (or `"0o660"`).
@@ -587,6 +634,39 @@ mod tests {
             let m = message(with(&format!("header_timeout = {bad}"), ""));
             assert!(m.contains("server.header_timeout"), "{m}");
         }
+    }
+
+    #[test]
+    fn request_timeout_is_a_bounded_duration() {
+        assert_eq!(parse(MIN).unwrap().server.request_timeout.as_secs(), 30);
+        let c = with("request_timeout = \"5s\"", "").unwrap();
+        assert_eq!(c.server.request_timeout.as_secs(), 5);
+        for bad in ["\"0s\"", "\"2h\"", "\"soon\""] {
+            let m = message(with(&format!("request_timeout = {bad}"), ""));
+            assert!(m.contains("server.request_timeout"), "{m}");
+        }
+    }
+
+    #[test]
+    fn max_connections_per_uid_defaults_below_max_connections_and_may_not_exceed_it() {
+        assert_eq!(parse(MIN).unwrap().server.max_connections_per_uid, 128);
+        // A lower bound on all connections lowers the default with it.
+        let c = with("max_connections = 20", "").unwrap();
+        assert_eq!(c.server.max_connections_per_uid, 20);
+        let c = with("max_connections_per_uid = 8", "").unwrap();
+        assert_eq!(c.server.max_connections_per_uid, 8);
+        assert_eq!(
+            message(with(
+                "max_connections = 10\nmax_connections_per_uid = 11",
+                ""
+            )),
+            "etc/jwksd.toml: server.max_connections_per_uid = 11: must be <= server.max_connections (10)"
+        );
+        let m = message(with("max_connections_per_uid = 0", ""));
+        assert!(
+            m.contains("server.max_connections_per_uid = 0: must be between 1 and"),
+            "{m}"
+        );
     }
 
     #[test]
