@@ -862,3 +862,50 @@ pub fn connect_as(path: &Path, uid: u32, gid: u32) -> std::io::Result<tokio::net
     stream.set_nonblocking(true)?;
     tokio::net::UnixStream::from_std(stream)
 }
+
+/// Applies migrations 1-3 only to the database at `url` (`sqlite://...` or
+/// `postgres://...`), as a release before the keyed audit chain did: the
+/// starting point of the upgrade tests.
+pub async fn migrate_to_version_3(url: &str) {
+    use sqlx::SqlSafeStr as _;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    let migrator = |sql: [&'static str; 3]| {
+        Migrator::with_migrations(
+            (1..)
+                .zip(sql)
+                .map(|(v, sql)| {
+                    Migration::new(
+                        v,
+                        "before the keyed chain".into(),
+                        MigrationType::Simple,
+                        sql.into_sql_str(),
+                        false,
+                    )
+                })
+                .collect(),
+        )
+    };
+    if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        migrator([
+            include_str!("../../migrations/sqlite/0001_keys_and_audit.sql"),
+            include_str!("../../migrations/sqlite/0002_lease.sql"),
+            include_str!("../../migrations/sqlite/0003_live_keys.sql"),
+        ])
+        .run(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        migrator([
+            include_str!("../../migrations/postgres/0001_keys_and_audit.sql"),
+            include_str!("../../migrations/postgres/0002_lease.sql"),
+            include_str!("../../migrations/postgres/0003_live_keys.sql"),
+        ])
+        .run(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
+}
