@@ -512,7 +512,7 @@ async fn a_store_with_the_old_unkeyed_chain_migrates_and_verifies(kind: &str) {
             (Db::Postgres(pg), url)
         }
     };
-    old_schema(kind, &url).await;
+    migrate_to_version_3(&url).await;
     let mut prev = jwksd::audit::GENESIS_HASH.to_owned();
     let mut sql = String::new();
     // Recent, so that the retention below prunes none of them.
@@ -593,49 +593,4 @@ async fn a_store_with_the_old_unkeyed_chain_migrates_and_verifies(kind: &str) {
         text.contains("BROKEN") && text.contains("record 6"),
         "{text}"
     );
-}
-
-/// Applies migrations 1-3 only, as a release before the keyed chain did.
-async fn old_schema(kind: &str, url: &str) {
-    use sqlx::SqlSafeStr as _;
-    use sqlx::migrate::{Migration, MigrationType, Migrator};
-    let migrator = |sql: [&'static str; 3]| {
-        Migrator::with_migrations(
-            (1..)
-                .zip(sql)
-                .map(|(v, sql)| {
-                    Migration::new(
-                        v,
-                        "before the keyed chain".into(),
-                        MigrationType::Simple,
-                        sql.into_sql_str(),
-                        false,
-                    )
-                })
-                .collect(),
-        )
-    };
-    if kind == "sqlite" {
-        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
-        migrator([
-            include_str!("../migrations/sqlite/0001_keys_and_audit.sql"),
-            include_str!("../migrations/sqlite/0002_lease.sql"),
-            include_str!("../migrations/sqlite/0003_live_keys.sql"),
-        ])
-        .run(&pool)
-        .await
-        .unwrap();
-        pool.close().await;
-    } else {
-        let pool = sqlx::PgPool::connect(url).await.unwrap();
-        migrator([
-            include_str!("../migrations/postgres/0001_keys_and_audit.sql"),
-            include_str!("../migrations/postgres/0002_lease.sql"),
-            include_str!("../migrations/postgres/0003_live_keys.sql"),
-        ])
-        .run(&pool)
-        .await
-        .unwrap();
-        pool.close().await;
-    }
 }

@@ -1,5 +1,5 @@
 //! Caller isolation: two peer uids on one socket. Caller A (this test
-//! process, root) floods far beyond its `max_concurrent` and
+//! process, root) floods far beyond its `max_concurrent` + `max_queued` and
 //! `max_per_second`; caller B (uid 65534, a `curl --unix-socket` child)
 //! is served every time with bounded latency. A's refusals are 429s that
 //! name the limit, and they are audited. Needs root (to run B as another
@@ -40,7 +40,7 @@ async fn a_flooding_caller_does_not_starve_another() {
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let extra = format!(
-        "max_concurrent = 4\nmax_per_second = 40\n\n[[callers]]\nuid = {B_UID}\nclients = [\"other-app\"]\nmax_concurrent = 4\n"
+        "max_concurrent = 4\nmax_queued = 8\nmax_per_second = 40\n\n[[callers]]\nuid = {B_UID}\nclients = [\"other-app\"]\nmax_concurrent = 4\n"
     );
     write_files(tmp.path(), &policy(&extra));
     let cfg = tmp.path().join("jwksd.toml");

@@ -45,7 +45,18 @@ async fn five_hundred_clients_sign_through_rotations_without_a_failure() {
         .replace("grace = \"7d\"", "grace = \"2m\"");
     // Spawned: 500 connections on each side; in one process both sides
     // would share one RLIMIT_NOFILE (1024 by default on many systems).
-    let d = Daemon::spawn(&policy);
+    let tmp = tempfile::tempdir().unwrap();
+    write_files(tmp.path(), &policy);
+    // All clients are this test's uid: its connection bound must hold them,
+    // with room for connections still closing while their client reconnects.
+    let cfg = tmp.path().join("jwksd.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let bound = format!(
+        "[server]\nmax_connections_per_uid = {}\n",
+        (2 * clients).clamp(1, 1024)
+    );
+    std::fs::write(&cfg, text.replacen("[server]\n", &bound, 1)).unwrap();
+    let d = Daemon::spawn_in(tmp.path());
     d.ready().await;
     d.settled().await;
 

@@ -21,6 +21,7 @@ use jwksd::store::api::ChainSwitch;
 use jwksd::store::{PostgresStore, SqliteStore, Store, StoreError};
 use jwksd::types::{Alg, KeyState, Kid, SetName};
 
+use helpers::migrate_to_version_3;
 use helpers::pg::{PgTestDb, with_database};
 use sqlx::Connection as _;
 
@@ -479,56 +480,17 @@ async fn reseal_passes_the_audit_chain_to_the_new_key_with_the_switch_as_a_recor
 }
 
 /// Applies migrations 1-3 only, as a release before the keyed chain did.
-async fn migrate_to_version_3(db: &Db) {
-    use sqlx::SqlSafeStr as _;
-    use sqlx::migrate::{Migration, MigrationType, Migrator};
-    let migrator = |sql: [&'static str; 3]| {
-        Migrator::with_migrations(
-            (1..)
-                .zip(sql)
-                .map(|(v, sql)| {
-                    Migration::new(
-                        v,
-                        "before the keyed chain".into(),
-                        MigrationType::Simple,
-                        sql.into_sql_str(),
-                        false,
-                    )
-                })
-                .collect(),
-        )
-    };
+async fn migrate_db_to_version_3(db: &Db) {
     match db {
         Db::Sqlite { path, .. } => {
-            let url = format!("sqlite://{}?mode=rwc", path.display());
-            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-            migrator([
-                include_str!("../migrations/sqlite/0001_keys_and_audit.sql"),
-                include_str!("../migrations/sqlite/0002_lease.sql"),
-                include_str!("../migrations/sqlite/0003_live_keys.sql"),
-            ])
-            .run(&pool)
-            .await
-            .unwrap();
-            pool.close().await;
+            migrate_to_version_3(&format!("sqlite://{}?mode=rwc", path.display())).await
         }
-        Db::Postgres(pg) => {
-            let pool = sqlx::PgPool::connect(&pg.url).await.unwrap();
-            migrator([
-                include_str!("../migrations/postgres/0001_keys_and_audit.sql"),
-                include_str!("../migrations/postgres/0002_lease.sql"),
-                include_str!("../migrations/postgres/0003_live_keys.sql"),
-            ])
-            .run(&pool)
-            .await
-            .unwrap();
-            pool.close().await;
-        }
+        Db::Postgres(pg) => migrate_to_version_3(&pg.url).await,
     }
 }
 
 async fn a_store_from_before_migration_4_migrates_and_its_unkeyed_chain_still_verifies(db: &Db) {
-    migrate_to_version_3(db).await;
+    migrate_db_to_version_3(db).await;
     // Records 3-5 of an unkeyed chain whose records 1-2 were pruned, as the
     // old code wrote them: SHA-256 links, and an unkeyed anchor.
     let mut prev = audit::GENESIS_HASH.to_owned();

@@ -82,11 +82,16 @@ fn start_tls_daemon(leaf: &Leaf, start: fn(&Path) -> Daemon) -> (Daemon, tempfil
 
 /// The usual test files plus `tls.crt`/`tls.key`, named in the config.
 fn write_tls_files(dir: &Path, chain_pem: &str, key_pem: &str) {
+    write_tls_files_with(dir, chain_pem, key_pem, "");
+}
+
+/// `write_tls_files` with `server_extra` in `[server]`.
+fn write_tls_files_with(dir: &Path, chain_pem: &str, key_pem: &str, server_extra: &str) {
     helpers::write_files(dir, &helpers::policy(""));
     let config = dir.join("jwksd.toml");
     let text = std::fs::read_to_string(&config).unwrap().replacen(
         "[server]\n",
-        "[server]\ntls_cert = \"tls.crt\"\ntls_key = \"tls.key\"\n",
+        &format!("[server]\ntls_cert = \"tls.crt\"\ntls_key = \"tls.key\"\n{server_extra}\n"),
         1,
     );
     std::fs::write(&config, text).unwrap();
@@ -225,6 +230,50 @@ async fn jwks_is_served_over_tls_with_http1_and_http2_only_to_clients_trusting_t
     // Plain HTTP on the TLS port gets no JWKS.
     let plain = helpers::http(d.public, hyper::Method::GET, "/.well-known/jwks.json", &[]).await;
     assert!(plain.is_err(), "{plain:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_over_tls_is_closed_after_the_header_timeout() {
+    let ca = Ca::new("jwksd test CA");
+    let leaf = ca.leaf();
+    let tmp = tempfile::tempdir().unwrap();
+    write_tls_files_with(
+        tmp.path(),
+        &leaf.chain_pem,
+        &leaf.key_pem,
+        "header_timeout = \"2s\"",
+    );
+    let d = Daemon::start_in(tmp.path());
+    d.ready().await;
+    let stream = connect(d.public, &client(&ca.der(), &[b"h2"]))
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get("https://localhost/.well-known/jwks.json")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(
+        sender.send_request(req).await.unwrap().status(),
+        StatusCode::OK
+    );
+    // Then the client sends nothing: the daemon ends the connection (GOAWAY,
+    // then close) after header_timeout, as HTTP/1.1 between requests.
+    let idle = Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), conn)
+        .await
+        .expect("an idle HTTP/2 connection was kept open")
+        .unwrap()
+        .unwrap();
+    let after = idle.elapsed();
+    assert!(
+        after >= Duration::from_millis(1500),
+        "closed after {after:?}, header_timeout 2s"
+    );
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::hex::hex;
 use super::key::{AuditKey, ChainKeys};
 
 /// The `prev_hash` of the first record.
@@ -109,16 +110,6 @@ pub fn switch_mac(
     entry: &AuditEntry,
 ) -> String {
     chain_mac(new, &chain_mac(old, prev_hash, seq, entry), seq, entry)
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    out
 }
 
 /// The records `entries` become when appended under `key` to a chain whose

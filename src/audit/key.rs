@@ -70,7 +70,7 @@ impl AuditKey {
         let mac = hmac::Key::new(hmac::HMAC_SHA256, raw.expose());
         // 64 bits of a MAC under the key: names the key in the store and in
         // messages, reveals nothing of it.
-        let id = super::chain::hex(&hmac::sign(&mac, ID_LABEL).as_ref()[..8]);
+        let id = super::hex::hex(&hmac::sign(&mac, ID_LABEL).as_ref()[..8]);
         AuditKey { raw, mac, id }
     }
 
@@ -214,7 +214,7 @@ mod tests {
         assert_ne!(a.id(), AuditKey::derive(&master()).id());
         // Not the master key itself, nor its fingerprint.
         assert_ne!(a.raw.expose(), m.derive(b"other label").expose());
-        assert!(!format!("{a:?}").contains(&super::super::chain::hex(a.raw.expose())));
+        assert!(!format!("{a:?}").contains(&super::super::hex::hex(a.raw.expose())));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod bounded;
 pub mod chain;
+mod hex;
 pub mod key;
 pub mod upgrade;
 pub mod writer;

@@ -338,17 +338,27 @@ impl Auditor {
     /// Appends `entry` and waits until it is durable (in the store, or in
     /// the spool while the store is down).
     pub async fn record(&self, entry: AuditEntry) -> Result<(), AuditError> {
+        let wait = self.enqueue(entry, false).await?;
+        wait.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    /// Queues `entry` for the writer; the receiver says when it is durable.
+    async fn enqueue(
+        &self,
+        entry: AuditEntry,
+        refusal: bool,
+    ) -> Result<oneshot::Receiver<Result<(), AuditError>>, AuditError> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Job {
                 entry,
                 done,
                 early: None,
-                refusal: false,
+                refusal,
             })
             .await
             .map_err(|_| AuditError::Stopped)?;
-        wait.await.map_err(|_| AuditError::Stopped)?
+        Ok(wait)
     }
 
     /// Appends the records of a refused request (and a summary before it,
@@ -357,17 +367,7 @@ impl Auditor {
     pub async fn record_refusals(&self, entries: Vec<AuditEntry>) -> Result<(), AuditError> {
         let mut waits = Vec::with_capacity(entries.len());
         for entry in entries {
-            let (done, wait) = oneshot::channel();
-            self.tx
-                .send(Job {
-                    entry,
-                    done,
-                    early: None,
-                    refusal: true,
-                })
-                .await
-                .map_err(|_| AuditError::Stopped)?;
-            waits.push(wait);
+            waits.push(self.enqueue(entry, true).await?);
         }
         for wait in waits {
             wait.await.map_err(|_| AuditError::Stopped)??;

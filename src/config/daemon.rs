@@ -29,6 +29,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_SOCKET: &str = "/run/jwksd/jwksd.sock";
 /// Default `server.socket_mode`: owner and group read/write.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+/// Default `server.max_connections_per_uid` (lowered to
+/// `server.max_connections` when that is smaller): room for an app's
+/// worker pool, far from the 1024 connections of the default bound.
+pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 128;
 /// Default `store.url`.
 pub const DEFAULT_STORE_URL: &str = "sqlite:///var/lib/jwksd/jwksd.db";
 /// Default `store.audit_spool` with PostgreSQL.
@@ -146,6 +150,18 @@ pub struct ServerConfig {
     /// a duration such as `"30s"`); a slower one is disconnected. Default
     /// 30 s; between 1 s and 1 h.
     pub header_timeout: std::time::Duration,
+    /// Time a socket request has from the end of its headers to its answer
+    /// (`server.request_timeout`): its body must be in by then (else 408)
+    /// and an answer not ready by then is a 503. A caller that stalls its
+    /// body holds its connection this long at most. Default 30 s; between
+    /// 1 s and 1 h.
+    pub request_timeout: std::time::Duration,
+    /// Open socket connections at most per peer uid
+    /// (`server.max_connections_per_uid`), so that one local user cannot
+    /// take every connection of `max_connections`; further connections of
+    /// that uid are answered 503 at once. Default 128 (or
+    /// `max_connections` when that is lower); at most `max_connections`.
+    pub max_connections_per_uid: usize,
     /// Group owning the socket; `None` means the daemon's group. Resolved
     /// (and an unknown name refused) at start-up, not here.
     pub socket_group: Option<String>,
@@ -255,6 +271,8 @@ struct RawServer {
     socket_group: Option<String>,
     max_connections: Option<i64>,
     header_timeout: Option<String>,
+    request_timeout: Option<String>,
+    max_connections_per_uid: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -397,18 +415,22 @@ impl Config {
             None => 1024,
             Some(n) => c.within("server.max_connections", n, 1..=100_000)?,
         };
-        let header_timeout = match s.header_timeout.as_deref() {
-            None => std::time::Duration::from_secs(30),
-            Some(text) => crate::types::Span::parse(text)
-                .ok()
-                .map(|span| std::time::Duration::from_secs(span.as_secs()))
-                .filter(|d| (1..=3600).contains(&d.as_secs()))
-                .ok_or_else(|| {
-                    c.err(
-                        "server.header_timeout",
-                        format!("{text:?}"),
-                        "must be a duration between 1s and 1h",
-                    )
+        let header_timeout = timeout(c, "server.header_timeout", s.header_timeout.as_deref())?;
+        let request_timeout = timeout(c, "server.request_timeout", s.request_timeout.as_deref())?;
+        let max_connections_per_uid = match s.max_connections_per_uid {
+            None => DEFAULT_MAX_CONNECTIONS_PER_UID.min(max_connections),
+            Some(n) => c
+                .within("server.max_connections_per_uid", n, 1..=100_000)
+                .and_then(|n: usize| {
+                    if n > max_connections {
+                        Err(c.err(
+                            "server.max_connections_per_uid",
+                            n.to_string(),
+                            format!("must be <= server.max_connections ({max_connections})"),
+                        ))
+                    } else {
+                        Ok(n)
+                    }
                 })?,
         };
         let store = parse_store(c, raw.store.url.as_deref().unwrap_or(DEFAULT_STORE_URL))?;
@@ -443,7 +465,7 @@ impl Config {
             raw.policies.dir.as_deref().unwrap_or(DEFAULT_POLICIES_DIR),
         )?;
 
-        let tokens = check_tokens(c, raw.tokens)?;
+        let tokens = check_tokens(c, raw.tokens, request_timeout)?;
 
         Ok(Config {
             file: c.file().to_owned(),
@@ -458,6 +480,8 @@ impl Config {
                 socket_group,
                 max_connections,
                 header_timeout,
+                request_timeout,
+                max_connections_per_uid,
             },
             store,
             audit_spool,
@@ -469,6 +493,29 @@ impl Config {
             tokens,
         })
     }
+}
+
+/// `server.header_timeout` and `server.request_timeout`: a duration
+/// between 1 s and 1 h, 30 s when unset.
+fn timeout(
+    c: &Checker<'_>,
+    field: &str,
+    text: Option<&str>,
+) -> Result<std::time::Duration, FieldError> {
+    let Some(text) = text else {
+        return Ok(std::time::Duration::from_secs(30));
+    };
+    crate::types::Span::parse(text)
+        .ok()
+        .map(|span| std::time::Duration::from_secs(span.as_secs()))
+        .filter(|d| (1..=3600).contains(&d.as_secs()))
+        .ok_or_else(|| {
+            c.err(
+                field,
+                format!("{text:?}"),
+                "must be a duration between 1s and 1h",
+            )
+        })
 }
 
 /// A `[tokens]` duration: `default` when unset, else within `1s..=max_s`.
@@ -496,8 +543,20 @@ fn bounded_secs(
         })
 }
 
-fn check_tokens(c: &Checker<'_>, raw: RawTokens) -> Result<TokensConfig, FieldError> {
-    let defaults = TokensConfig::default();
+/// `[tokens]`. Unset timeouts default to 15 s and 5 s, shortened to fit
+/// under `server.request_timeout`: a token request waits for its upstream
+/// call, and the socket's deadline would otherwise answer 503 before the
+/// 504 it owes.
+fn check_tokens(
+    c: &Checker<'_>,
+    raw: RawTokens,
+    request_timeout: std::time::Duration,
+) -> Result<TokensConfig, FieldError> {
+    let second = std::time::Duration::from_secs(1);
+    let mut defaults = TokensConfig::default();
+    defaults.timeout = defaults
+        .timeout
+        .min(request_timeout.saturating_sub(second).max(second));
     let ca_file = raw
         .ca_file
         .as_deref()
@@ -517,10 +576,27 @@ fn check_tokens(c: &Checker<'_>, raw: RawTokens) -> Result<TokensConfig, FieldEr
         defaults.timeout,
         120,
     )?;
+    if raw.timeout.is_some() && timeout >= request_timeout {
+        return Err(c.err(
+            "tokens.timeout",
+            format!("{:?}", raw.timeout.as_deref().unwrap_or_default()),
+            format!(
+                "must be less than server.request_timeout ({}s): a token request is answered within it",
+                request_timeout.as_secs()
+            ),
+        ));
+    }
+    let connect_timeout = match raw.connect_timeout {
+        None => connect_timeout.min(timeout),
+        Some(_) => connect_timeout,
+    };
     if timeout < connect_timeout {
         return Err(c.err(
             "tokens.timeout",
-            format!("{:?}", raw.timeout.as_deref().unwrap_or("15s")),
+            raw.timeout.as_deref().map_or_else(
+                || format!("(unset: {}s)", timeout.as_secs()),
+                |t| format!("{t:?}"),
+            ),
             format!(
                 "must be at least tokens.connect_timeout ({}s): it bounds the whole request, connecting included",
                 connect_timeout.as_secs()
@@ -686,7 +762,7 @@ mod tests {
         assert_eq!(parse(MIN).unwrap().tokens, TokensConfig::default());
         let c = with(
             "",
-            "[tokens]\nca_file = \"ca/ehr.pem\"\nconnect_timeout = \"2s\"\ntimeout = \"30s\"",
+            "[tokens]\nca_file = \"ca/ehr.pem\"\nconnect_timeout = \"2s\"\ntimeout = \"20s\"",
         )
         .unwrap();
         assert_eq!(
@@ -694,7 +770,34 @@ mod tests {
             Some(Path::new("etc/ca/ehr.pem"))
         );
         assert_eq!(c.tokens.connect_timeout.as_secs(), 2);
-        assert_eq!(c.tokens.timeout.as_secs(), 30);
+        assert_eq!(c.tokens.timeout.as_secs(), 20);
+    }
+
+    #[test]
+    fn tokens_timeout_must_stay_under_the_request_timeout() {
+        let c = with("request_timeout = \"5s\"", "").unwrap();
+        assert_eq!(
+            (
+                c.tokens.timeout.as_secs(),
+                c.tokens.connect_timeout.as_secs()
+            ),
+            (4, 4)
+        );
+        let c = with("request_timeout = \"1s\"", "").unwrap();
+        assert_eq!(
+            (
+                c.tokens.timeout.as_secs(),
+                c.tokens.connect_timeout.as_secs()
+            ),
+            (1, 1)
+        );
+        assert_eq!(
+            message(with(
+                "request_timeout = \"15s\"",
+                "[tokens]\ntimeout = \"15s\""
+            )),
+            "etc/jwksd.toml: tokens.timeout = \"15s\": must be less than server.request_timeout (15s): a token request is answered within it"
+        );
     }
 
     #[test]
@@ -735,6 +838,39 @@ mod tests {
             let m = message(with(&format!("header_timeout = {bad}"), ""));
             assert!(m.contains("server.header_timeout"), "{m}");
         }
+    }
+
+    #[test]
+    fn request_timeout_is_a_bounded_duration() {
+        assert_eq!(parse(MIN).unwrap().server.request_timeout.as_secs(), 30);
+        let c = with("request_timeout = \"5s\"", "").unwrap();
+        assert_eq!(c.server.request_timeout.as_secs(), 5);
+        for bad in ["\"0s\"", "\"2h\"", "\"soon\""] {
+            let m = message(with(&format!("request_timeout = {bad}"), ""));
+            assert!(m.contains("server.request_timeout"), "{m}");
+        }
+    }
+
+    #[test]
+    fn max_connections_per_uid_defaults_below_max_connections_and_may_not_exceed_it() {
+        assert_eq!(parse(MIN).unwrap().server.max_connections_per_uid, 128);
+        // A lower bound on all connections lowers the default with it.
+        let c = with("max_connections = 20", "").unwrap();
+        assert_eq!(c.server.max_connections_per_uid, 20);
+        let c = with("max_connections_per_uid = 8", "").unwrap();
+        assert_eq!(c.server.max_connections_per_uid, 8);
+        assert_eq!(
+            message(with(
+                "max_connections = 10\nmax_connections_per_uid = 11",
+                ""
+            )),
+            "etc/jwksd.toml: server.max_connections_per_uid = 11: must be <= server.max_connections (10)"
+        );
+        let m = message(with("max_connections_per_uid = 0", ""));
+        assert!(
+            m.contains("server.max_connections_per_uid = 0: must be between 1 and"),
+            "{m}"
+        );
     }
 
     #[test]

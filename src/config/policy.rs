@@ -157,9 +157,16 @@ pub struct CallerPolicy {
     /// Whether the caller may rotate and revoke this set's keys. Default false.
     pub admin: bool,
     /// Signature requests one caller (peer uid) may have in flight; more
-    /// are refused with 429 at once, so a flooding caller cannot queue ahead
-    /// of others. Default 16, 1 to 10000.
+    /// wait in the caller's own queue (`max_queued`), so a flooding caller
+    /// only ever waits behind itself. Default 16, 1 to 10000.
     pub max_concurrent: u32,
+    /// Signature requests of one caller that may wait for one of its
+    /// `max_concurrent` slots (first come, first served); more are refused
+    /// with 429 at once. Default 64, 0 (refuse at once) to 10000.
+    pub max_queued: u32,
+    /// How long a queued request waits for a slot before it is refused with
+    /// 429. Default 5 s, 1 s to 5 min.
+    pub queue_timeout: Span,
     /// Signature requests per second one caller may make (a token bucket
     /// with a burst of the same size); `None` (default): unlimited.
     pub max_per_second: Option<u32>,
@@ -167,6 +174,11 @@ pub struct CallerPolicy {
 
 /// Default of `[[callers]] max_concurrent`.
 pub const DEFAULT_MAX_CONCURRENT: u32 = 16;
+/// Default of `[[callers]] max_queued`: an app whose 32 (or up to 80)
+/// workers all start at once is served, not refused.
+pub const DEFAULT_MAX_QUEUED: u32 = 64;
+/// Default of `[[callers]] queue_timeout`, in seconds.
+pub const DEFAULT_QUEUE_TIMEOUT_S: u64 = 5;
 
 /// When keys of a set rotate.
 // One Schedule per policy: its size does not matter, and the agreed API
@@ -271,6 +283,8 @@ struct RawCaller {
     admin: bool,
     max_concurrent: Option<i64>,
     max_per_second: Option<i64>,
+    max_queued: Option<i64>,
+    queue_timeout: Option<String>,
 }
 
 /// Below this `jwks_max_age`, `policy check` and `serve` warn: oidc-provider
@@ -697,12 +711,29 @@ fn check_callers(
             None => None,
             Some(n) => Some(c.within(&format!("callers[{i}].max_per_second"), n, 1..=1_000_000)?),
         };
+        let max_queued = match rc.max_queued {
+            None => DEFAULT_MAX_QUEUED,
+            Some(n) => c.within(&format!("callers[{i}].max_queued"), n, 0..=10_000)?,
+        };
+        let queue_timeout = match rc.queue_timeout.as_deref() {
+            None => Span::from_secs(DEFAULT_QUEUE_TIMEOUT_S),
+            Some(text) => {
+                let field = format!("callers[{i}].queue_timeout");
+                let span = c.span(&field, text)?;
+                if span.as_secs() > 300 {
+                    return Err(c.err(field, format!("{text:?}"), "must be at most 5m"));
+                }
+                span
+            }
+        };
         callers.push(CallerPolicy {
             matcher,
             clients: rc.clients,
             admin: rc.admin,
             max_concurrent,
             max_per_second,
+            max_queued,
+            queue_timeout,
         });
     }
     Ok(callers)
@@ -1428,6 +1459,36 @@ mod tests {
                 "{CLIENT}[[callers]]\nuid = 1001\nclients = [\"app\", \"ghost\"]\n"
             ))),
             "policies/x.toml: callers[0].clients[1] = \"ghost\": no [[clients]] entry with this client_id in this policy"
+        );
+    }
+
+    #[test]
+    fn a_callers_queue_has_defaults_and_bounds_naming_the_field() {
+        let p = with("[[callers]]\nuid = 5\n").unwrap();
+        let caller = &p.callers[0];
+        assert_eq!(
+            (
+                caller.max_concurrent,
+                caller.max_queued,
+                caller.queue_timeout.as_secs()
+            ),
+            (16, 64, 5)
+        );
+        let p = with("[[callers]]\nuid = 5\nmax_queued = 0\nqueue_timeout = \"30s\"\n").unwrap();
+        assert_eq!(p.callers[0].max_queued, 0);
+        assert_eq!(p.callers[0].queue_timeout.as_secs(), 30);
+        assert_eq!(
+            message(with("[[callers]]\nuid = 5\nmax_queued = -1\n")),
+            "policies/x.toml: callers[0].max_queued = -1: must be between 0 and 10000"
+        );
+        assert_eq!(
+            message(with("[[callers]]\nuid = 5\nqueue_timeout = \"10m\"\n")),
+            "policies/x.toml: callers[0].queue_timeout = \"10m\": must be at most 5m"
+        );
+        assert!(
+            message(with("[[callers]]\nuid = 5\nqueue_timeout = \"soon\"\n")).starts_with(
+                "policies/x.toml: callers[0].queue_timeout = \"soon\": not a duration"
+            )
         );
     }
 

@@ -51,6 +51,10 @@ impl Parts {
                 header_timeout: config.server.header_timeout,
                 ..Default::default()
             },
+            socket_limits: crate::socket::SocketLimits {
+                request_timeout: config.server.request_timeout,
+                max_connections_per_uid: config.server.max_connections_per_uid,
+            },
             tls,
             tokens: config.tokens.clone(),
         })

@@ -30,6 +30,7 @@ use crate::keys::source::KeySource;
 use crate::lifecycle::executor::Executor;
 use crate::metrics::Metrics;
 use crate::net::{self, Limits, Plain};
+use crate::socket::SocketLimits;
 use crate::socket::credentials::PeerCredentials;
 use crate::socket::refusals::{self, RefusalGate};
 use crate::state::Shared;
@@ -59,6 +60,8 @@ pub struct Parts {
     /// Bounds of each listener (public, admin, socket): every one gets
     /// its own `max_connections`.
     pub limits: Limits,
+    /// The socket's own bounds: request deadline, connections per uid.
+    pub socket_limits: SocketLimits,
     /// Audit records older than this are pruned by the lease holder.
     pub audit_retention: Option<Span>,
     /// Refusals of one peer uid recorded one by one per minute at most.
@@ -165,6 +168,7 @@ pub async fn run(
             socket: listeners.socket,
             tls,
             limits: parts.limits,
+            socket_limits: parts.socket_limits,
         },
         &shutdown,
     );
@@ -214,6 +218,7 @@ struct Servers {
     socket: UnixListener,
     tls: Option<Tls>,
     limits: Limits,
+    socket_limits: SocketLimits,
 }
 
 /// The three servers, each with its own router state taken from `shared`,
@@ -225,6 +230,7 @@ fn spawn_servers(shared: &Shared, servers: Servers, shutdown: &CancellationToken
         socket,
         tls,
         limits,
+        socket_limits,
     } = servers;
     let tracker = TaskTracker::new();
     let router = crate::http::public::router(shared);
@@ -239,12 +245,12 @@ fn spawn_servers(shared: &Shared, servers: Servers, shutdown: &CancellationToken
         let stop = shutdown.clone();
         tracker.spawn(net::serve("admin", admin, plain, router, limits, stop));
     }
-    let router = crate::socket::router::router(shared);
+    let router = crate::socket::router::router(shared, socket_limits.request_timeout);
     let stop = shutdown.clone();
     tracker.spawn(net::serve(
         "socket",
         socket,
-        PeerCredentials,
+        PeerCredentials::new(socket_limits.max_connections_per_uid),
         router,
         limits,
         stop,

@@ -1,6 +1,7 @@
 //! The one accept loop every listener runs (public over TLS or plain,
 //! admin, Unix socket): a bound on open connections, a deadline for request
-//! headers (slowloris), and a graceful stop.
+//! headers (slowloris), an idle bound for HTTP/2, a lingering close (so
+//! that a client always reads the answer it was sent), and a graceful stop.
 //!
 //! Owns accepting, the connection bound, the HTTP protocol settings and the
 //! shutdown sequence. It does not own what differs between listeners: that
@@ -13,6 +14,7 @@
 //! offers neither a connection bound nor a header timeout.
 
 mod limits;
+pub mod linger;
 mod listener;
 pub mod prepare;
 mod serve;

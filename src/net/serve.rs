@@ -1,21 +1,24 @@
-//! The accept loop and the graceful stop.
+//! The accept loop, the idle bound of HTTP/2 connections, and the graceful
+//! stop.
 
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::time::Duration;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::http::{Extensions, Request};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::{TowerToHyperService, TowerToHyperServiceFuture};
+use hyper_util::service::TowerToHyperService;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::limits::Limits;
+use super::linger::{self, Returned};
 use super::listener::Listener;
 use super::listener::is_connection_error;
 use super::prepare::{Prepare, Protocol};
@@ -29,7 +32,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 ///
 /// Each accepted connection takes one of `limits.max_connections` permits
 /// (further clients wait in the kernel's backlog), runs `prepare`, then
-/// speaks the protocol it chose, HTTP/1.1 with `limits.header_timeout`. On
+/// speaks the protocol it chose, HTTP/1.1 with `limits.header_timeout`, or
+/// HTTP/2, which is asked to finish (GOAWAY) once it has had no request in
+/// flight for `limits.header_timeout`, the time an HTTP/1.1 connection may
+/// idle between requests. A connection HTTP is done with is closed by
+/// lingering (`linger`), so its client reads what it was answered. On
 /// cancel: stops accepting and closes the listener, drops connections still
 /// being prepared, asks open ones to finish (HTTP/1.1 closes idle
 /// keep-alive connections at once and others after the response in flight,
@@ -53,7 +60,6 @@ pub async fn serve<L, P>(
         .header_read_timeout(limits.header_timeout);
     builder.http2().timer(TokioTimer::new());
     let prepare = Arc::new(prepare);
-    let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut conns = JoinSet::new();
 
@@ -81,9 +87,6 @@ pub async fn serve<L, P>(
             },
             _ = shutdown.cancelled() => break,
         };
-        // Taken before `prepare`, so that shutdown also waits for (and
-        // then closes) connections that are still being prepared.
-        let watcher = graceful.watcher();
         let prepare = prepare.clone();
         let builder = builder.clone();
         let router = router.clone();
@@ -101,17 +104,44 @@ pub async fn serve<L, P>(
                 // No request in flight yet: nothing to wait for.
                 _ = shutdown.cancelled() => return,
             };
-            let builder = match prepared.protocol {
-                Protocol::Http1 => builder.http1_only(),
-                Protocol::Http2 => builder.http2_only(),
+            let (builder, idle) = match prepared.protocol {
+                Protocol::Http1 => (builder.http1_only(), None),
+                Protocol::Http2 => (builder.http2_only(), Some(limits.header_timeout)),
             };
+            let activity = Arc::new(Activity::new());
             let service = Routed {
                 router: TowerToHyperService::new(router),
                 extensions: prepared.extensions,
+                activity: activity.clone(),
             };
-            let conn = builder.serve_connection(TokioIo::new(prepared.io), service);
-            if let Err(e) = watcher.watch(conn).await {
+            let (io, back) = Returned::new(prepared.io);
+            // Boxed rather than pinned on the stack: it must be dropped
+            // (giving the stream back) before the lingering close.
+            let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), service));
+            let mut finishing = false;
+            let ended = loop {
+                tokio::select! {
+                    r = conn.as_mut() => break r,
+                    _ = shutdown.cancelled(), if !finishing => {
+                        conn.as_mut().graceful_shutdown();
+                        finishing = true;
+                    }
+                    _ = activity.idle_for(idle), if !finishing => {
+                        tracing::debug!(listener = name, ?peer, "idle HTTP/2 connection asked to finish");
+                        conn.as_mut().graceful_shutdown();
+                        finishing = true;
+                    }
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(listener = name, ?peer, error = %e, "connection ended with an error");
+            }
+            drop(conn);
+            if let Some(io) = back.wait().await {
+                tokio::select! {
+                    () = linger::close(io, linger::LINGER) => {}
+                    _ = shutdown.cancelled() => {}
+                }
             }
         });
     }
@@ -119,13 +149,11 @@ pub async fn serve<L, P>(
     drop(listener);
     tracing::debug!(
         listener = name,
-        connections = graceful.count(),
+        connections = conns.len(),
         "listener closed; waiting for open connections"
     );
-    if tokio::time::timeout(limits.grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let finished = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(limits.grace, finished).await.is_err() {
         tracing::warn!(
             listener = name,
             grace = ?limits.grace,
@@ -135,20 +163,83 @@ pub async fn serve<L, P>(
     conns.shutdown().await;
 }
 
-/// The router, with the connection's extensions added to every request.
+/// Whether a connection has requests in flight, and since when it has had
+/// none.
+struct Activity {
+    /// Requests in flight, and when the last one started or ended.
+    state: Mutex<(usize, Instant)>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            state: Mutex::new((0, Instant::now())),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        *s = (s.0 + 1, Instant::now());
+        InFlight(self.clone())
+    }
+
+    /// Returns once no request has been in flight for `idle`; never when
+    /// `idle` is `None`.
+    async fn idle_for(&self, idle: Option<Duration>) {
+        let Some(idle) = idle else {
+            return std::future::pending().await;
+        };
+        loop {
+            let (inflight, since) = *self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let wake = if inflight == 0 {
+                let at = since + idle;
+                if at <= Instant::now() {
+                    return;
+                }
+                at
+            } else {
+                // A request in flight: look again after another `idle`.
+                Instant::now() + idle
+            };
+            tokio::time::sleep_until(wake.into()).await;
+        }
+    }
+}
+
+/// One request in flight; ends when dropped.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut s = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        *s = (s.0.saturating_sub(1), Instant::now());
+    }
+}
+
+/// The router, with the connection's extensions added to every request,
+/// and each request counted in flight until it is answered.
 #[derive(Clone)]
 struct Routed {
     router: TowerToHyperService<Router>,
     extensions: Extensions,
+    activity: Arc<Activity>,
 }
+
+type Answer = Pin<Box<dyn Future<Output = Result<axum::response::Response, Infallible>> + Send>>;
 
 impl hyper::service::Service<Request<Incoming>> for Routed {
     type Response = axum::response::Response;
     type Error = Infallible;
-    type Future = TowerToHyperServiceFuture<Router, Request<Incoming>>;
+    type Future = Answer;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         req.extensions_mut().extend(self.extensions.clone());
-        self.router.call(req)
+        let in_flight = self.activity.begin();
+        let answer = self.router.call(req);
+        Box::pin(async move {
+            let answer = answer.await;
+            drop(in_flight);
+            answer
+        })
     }
 }

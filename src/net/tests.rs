@@ -19,10 +19,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Limits, Plain, serve};
 
-/// `/` answers at once, `/slow` after 300 ms, `/stuck` never.
+/// `/` answers at once, `/slow` after 300 ms, `/slower` after 800 ms (more
+/// than the 500 ms header timeout), `/stuck` never; `POST
+/// /early` answers 429 without reading the request's body, as a refused
+/// request does.
 fn router() -> Router {
     Router::new()
         .route("/", get(|| async { "ok" }))
+        .route(
+            "/early",
+            axum::routing::post(|| async { (StatusCode::TOO_MANY_REQUESTS, "no") }),
+        )
         .route(
             "/slow",
             get(|| async {
@@ -31,6 +38,13 @@ fn router() -> Router {
             }),
         )
         .route("/stuck", get(std::future::pending::<&'static str>))
+        .route(
+            "/slower",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                "slower"
+            }),
+        )
 }
 
 fn limits(max_connections: usize) -> Limits {
@@ -289,5 +303,77 @@ async fn a_client_that_starts_the_h2_preface_and_stalls_is_cut_at_the_header_tim
     );
     // Meanwhile, and after, others are served.
     assert_eq!(get_once(server.addr, "/").await.0, StatusCode::OK);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_still_sending_its_body_after_an_early_answer_reads_it_and_a_clean_close() {
+    let server = Server::start(limits(8)).await;
+    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    client
+        .write_all(b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n")
+        .await
+        .unwrap();
+    // The answer comes on the headers alone, before the body is sent.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.ends_with(b"no") {
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+            .await
+            .expect("no early answer")
+            .unwrap();
+        assert!(n > 0, "closed before the answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 429"), "{answer:?}");
+    // The client goes on writing its body, as a client that writes its
+    // request before it reads does; a server that closed the connection
+    // outright resets it (EPIPE or ECONNRESET here).
+    for _ in 0..4 {
+        client
+            .write_all(&[b'x'; 1000])
+            .await
+            .expect("the body could not be sent after the early answer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest))
+        .await
+        .expect("not closed after the body");
+    assert!(end.is_ok(), "closed with {end:?} rather than EOF");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_h2_connection_is_asked_to_finish_after_the_header_timeout() {
+    let server = Server::start(limits(8)).await;
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    // A request slower than the idle bound is not cut by it.
+    let req = hyper::Request::get("http://localhost/slower")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let answer = sender.send_request(req).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let body = answer.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"slower");
+    let started = Instant::now();
+    // Then nothing: the server sends GOAWAY and the connection ends.
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("an idle h2 connection was kept open")
+        .unwrap()
+        .unwrap();
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_millis(400),
+        "{after:?}, header timeout 500 ms"
+    );
     server.stop().await;
 }

@@ -1,7 +1,8 @@
 //! `POST /v1/assertions`: a SMART Backend Services client assertion
 //! (RFC 7523), signed by the active key of the client's set.
 //!
-//! The handler only wires: per-caller limits, the body, the authorization
+//! The handler only wires: the check that the caller is listed at all,
+//! per-caller limits, the body, the authorization
 //! (`authorize`, a pure function), the signature, then the audit record
 //! and metrics of whatever happened. No signature leaves without its
 //! record; a refusal is recorded too.
@@ -182,9 +183,20 @@ async fn sign<'s>(state: &'s SocketState, peer: &Peer, body: Body) -> Outcome<'s
     let policies = state.policies.current();
     // Who this peer is to the policies, worked out once per request.
     let grants = peer.grants(&policies);
-    // Limits first: a flooding caller is turned away before its request
-    // costs anything. The slot is held until the signature is made.
-    let _slot = match state.limits.admit(peer, &grants) {
+    // A peer no policy lists is refused before its body is read: it must
+    // not be able to hold a connection by sending its body slowly, nor
+    // anything else of its request cost more than this answer.
+    if grants.is_empty() {
+        let e = ApiError::forbidden(format!(
+            "caller uid {} gid {} is not listed in any policy's [[callers]]",
+            peer.uid, peer.gid
+        ));
+        return refused(entry, None, Record::Later, e);
+    }
+    // Limits next: a flooding caller waits in its own queue or is turned
+    // away before its request costs anything. The slot is held until the
+    // signature is made.
+    let _slot = match state.limits.admit(peer, &grants).await {
         Ok(slot) => slot,
         Err(e) => return refused(entry, None, Record::Later, e),
     };

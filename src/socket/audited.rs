@@ -3,6 +3,7 @@
 //! handed in early, tickets): `assertions`.
 
 use super::error::ApiError;
+use super::peer::Peer;
 use super::refusals;
 use super::state::SocketState;
 use crate::audit::bounded::{MESSAGE_BYTES, bounded};
@@ -42,4 +43,20 @@ pub async fn audited<T>(
         }
     }
     result
+}
+
+/// The answer to a peer no policy lists, on a route that only reads
+/// (`GET /v1/keys`, its timeline): a recorded refusal. Listing public keys
+/// is no event, so only refusals are recorded there.
+pub async fn refuse_unlisted<T>(
+    state: &SocketState,
+    peer: &Peer,
+    action: &str,
+) -> Result<T, ApiError> {
+    let err = ApiError::forbidden(format!(
+        "caller uid {} gid {} is not listed in any policy's [[callers]]",
+        peer.uid, peer.gid
+    ));
+    let entry = peer.audit(state.clock.now().timestamp(), action);
+    audited(state, entry, Err(err)).await
 }

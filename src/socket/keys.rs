@@ -6,7 +6,7 @@ use axum::extract::{ConnectInfo, State};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::audited::audited;
+use super::audited::refuse_unlisted;
 use super::error::ApiError;
 use super::peer::Peer;
 use super::state::SocketState;
@@ -54,13 +54,7 @@ pub(super) async fn list(
     let policies = state.policies.current();
     let grants = peer.grants(&policies);
     if grants.is_empty() {
-        // Only a refusal is recorded: listing public keys is no event.
-        let err = ApiError::forbidden(format!(
-            "caller uid {} gid {} is not listed in any policy's [[callers]]",
-            peer.uid, peer.gid
-        ));
-        let entry = peer.audit(state.clock.now().timestamp(), "keys");
-        return audited(&state, entry, Err(err)).await;
+        return refuse_unlisted(&state, &peer, "keys").await;
     }
     let snapshot = state.keyring.snapshot();
     let keys = snapshot

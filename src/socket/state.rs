@@ -2,6 +2,7 @@
 //! once, when the router is built.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::audit::writer::Auditor;
 use crate::clock::Clock;
@@ -36,13 +37,15 @@ pub struct SocketState {
     pub limits: Arc<CallerLimits>,
     /// Per-uid budgets of refusal records.
     pub refusals: Arc<RefusalGate>,
+    /// `server.request_timeout`: from a request's headers to its answer.
+    pub request_timeout: Duration,
     /// The token broker's cache and upstream client.
     pub tokens: Arc<TokenCache>,
     pub upstream: Upstream,
 }
 
 impl SocketState {
-    pub fn new(shared: &Shared) -> Self {
+    pub fn new(shared: &Shared, request_timeout: Duration) -> Self {
         SocketState {
             policies: shared.policies.clone(),
             clock: shared.clock.clone(),
@@ -55,6 +58,7 @@ impl SocketState {
             public_url: shared.public_url.clone(),
             limits: Arc::default(),
             refusals: shared.refusals.clone(),
+            request_timeout,
             tokens: shared.tokens.clone(),
             upstream: shared.upstream.clone(),
         }

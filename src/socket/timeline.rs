@@ -8,7 +8,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::audited::audited;
+use super::audited::refuse_unlisted;
 use super::error::ApiError;
 use super::peer::Peer;
 use super::state::SocketState;
@@ -29,12 +29,7 @@ pub(super) async fn draw(
     let policies = state.policies.current();
     let grants = peer.grants(&policies);
     if grants.is_empty() {
-        let err = ApiError::forbidden(format!(
-            "caller uid {} gid {} is not listed in any policy's [[callers]]",
-            peer.uid, peer.gid
-        ));
-        let entry = peer.audit(state.clock.now().timestamp(), "keys");
-        return audited(&state, entry, Err(err)).await;
+        return refuse_unlisted(&state, &peer, "keys").await;
     }
     let Query(query) =
         query.map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))?;

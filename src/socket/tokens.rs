@@ -290,7 +290,7 @@ pub(super) async fn create(
     let mut entry = peer.audit(state.clock.now().timestamp(), "token");
     let policies = state.policies.current();
     let grants = peer.grants(&policies);
-    let _slot = match state.limits.admit(&peer, &grants) {
+    let _slot = match state.limits.admit(&peer, &grants).await {
         Ok(slot) => slot,
         Err(e) => {
             refuse(&state, &peer, entry, &e).await?;

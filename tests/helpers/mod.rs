@@ -518,7 +518,7 @@ pub async fn http(
     send(stream, method, path, headers, Vec::new()).await
 }
 
-async fn send<S>(
+pub async fn send<S>(
     stream: S,
     method: Method,
     path: &str,
@@ -824,4 +824,88 @@ pub async fn metric(d: &Daemon, series: &str) -> Option<f64> {
             .and_then(|v| v.strip_prefix(' '))
             .and_then(|v| v.trim().parse().ok())
     })
+}
+
+/// A connection to the Unix socket at `path` made as `uid`/`gid` (no
+/// supplementary groups): the daemon sees them through SO_PEERCRED, which
+/// the kernel takes from the connecting thread. So the connect runs on a
+/// thread of its own whose credentials alone are switched: the raw
+/// setresuid/setresgid/setgroups system calls change the calling thread
+/// only, where libc's wrappers change every thread of the process. The
+/// thread ends once connected; the connection is this process's. Needs
+/// root, and `gid` must be allowed into the socket (its group, and the
+/// search permission on its directory).
+pub fn connect_as(path: &Path, uid: u32, gid: u32) -> std::io::Result<tokio::net::UnixStream> {
+    let path = path.to_owned();
+    let stream = std::thread::spawn(move || {
+        let check = |r: libc::c_long| {
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        };
+        // SAFETY: plain system calls on this thread's own credentials.
+        unsafe {
+            check(libc::syscall(
+                libc::SYS_setgroups,
+                0,
+                std::ptr::null::<libc::gid_t>(),
+            ))?;
+            check(libc::syscall(libc::SYS_setresgid, gid, gid, gid))?;
+            check(libc::syscall(libc::SYS_setresuid, uid, uid, uid))?;
+        }
+        std::os::unix::net::UnixStream::connect(&path)
+    })
+    .join()
+    .expect("the connecting thread panicked")?;
+    stream.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(stream)
+}
+
+/// Applies migrations 1-3 only to the database at `url` (`sqlite://...` or
+/// `postgres://...`), as a release before the keyed audit chain did: the
+/// starting point of the upgrade tests.
+pub async fn migrate_to_version_3(url: &str) {
+    use sqlx::SqlSafeStr as _;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    let migrator = |sql: [&'static str; 3]| {
+        Migrator::with_migrations(
+            (1..)
+                .zip(sql)
+                .map(|(v, sql)| {
+                    Migration::new(
+                        v,
+                        "before the keyed chain".into(),
+                        MigrationType::Simple,
+                        sql.into_sql_str(),
+                        false,
+                    )
+                })
+                .collect(),
+        )
+    };
+    if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        migrator([
+            include_str!("../../migrations/sqlite/0001_keys_and_audit.sql"),
+            include_str!("../../migrations/sqlite/0002_lease.sql"),
+            include_str!("../../migrations/sqlite/0003_live_keys.sql"),
+        ])
+        .run(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        migrator([
+            include_str!("../../migrations/postgres/0001_keys_and_audit.sql"),
+            include_str!("../../migrations/postgres/0002_lease.sql"),
+            include_str!("../../migrations/postgres/0003_live_keys.sql"),
+        ])
+        .run(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
 }
