@@ -796,4 +796,84 @@ mod tests {
             )
         );
     }
+
+    /// A TLS token endpoint on 127.0.0.1 for `localhost`, with a
+    /// certificate no public root knows; answers one request with a token.
+    async fn tls_endpoint(dir: &Path) -> (u16, std::path::PathBuf) {
+        use rustls::pki_types::PrivateKeyDer;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let ca_file = dir.join("ehr-ca.pem");
+        std::fs::write(&ca_file, cert.pem()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(cert.pem().as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut buf = vec![0u8; 16 * 1024];
+                let _ = tls.read(&mut buf).await;
+                let body = r#"{"access_token":"tls-token","token_type":"Bearer","expires_in":60}"#;
+                let _ = tls.write_all(&http("200 OK", body)).await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        (port, ca_file)
+    }
+
+    #[tokio::test]
+    async fn https_needs_the_endpoint_certificate_to_chain_to_a_trusted_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, ca_file) = tls_endpoint(dir.path()).await;
+        let url = format!("https://localhost:{port}/token");
+        let secs = Duration::from_secs(5);
+        // System roots only: the private CA is unknown.
+        let e = Upstream::new(None, secs, secs)
+            .unwrap()
+            .fetch(&url, "a", &ScopeSet::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, UpstreamError::Connect(m) if m.contains("TLS")),
+            "{e:?}"
+        );
+        // With tokens.ca_file naming it.
+        let g = Upstream::new(Some(&ca_file), secs, secs)
+            .unwrap()
+            .fetch(&url, "a", &ScopeSet::default())
+            .await
+            .unwrap();
+        assert_eq!(g.access_token.expose(), "tls-token");
+        // The name is checked: 127.0.0.1 is not in the certificate.
+        let e = Upstream::new(Some(&ca_file), secs, secs)
+            .unwrap()
+            .fetch(
+                &format!("https://127.0.0.1:{port}/token"),
+                "a",
+                &ScopeSet::default(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, UpstreamError::Connect(m) if m.contains("TLS")),
+            "{e:?}"
+        );
+    }
 }
