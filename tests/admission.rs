@@ -186,6 +186,10 @@ async fn an_unlisted_peer_is_refused_on_every_route_without_its_body_being_waite
         ("GET", "/v1/keys"),
         ("GET", "/v1/audit"),
         ("GET", "/v1/audit/verify"),
+        ("GET", "/v1/audit/head"),
+        ("GET", "/v1/keys/timeline"),
+        ("POST", "/v1/tokens"),
+        ("DELETE", "/v1/tokens"),
     ];
     for (method, path) in routes {
         let mut s = connect_as(&d.socket, UNLISTED, 0).unwrap();

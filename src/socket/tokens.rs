@@ -282,14 +282,48 @@ async fn refuse(
         .map_err(ApiError::internal)
 }
 
+/// 403 for a peer in no `[[callers]]` entry, recorded (within its budget).
+async fn refuse_unlisted(state: &SocketState, peer: &Peer, entry: AuditEntry) -> TokenError {
+    let e = ApiError::forbidden(format!(
+        "caller uid {} gid {} is not listed in any policy's [[callers]]",
+        peer.uid, peer.gid
+    ));
+    match refuse(state, peer, entry, &e).await {
+        Ok(()) => e.into(),
+        Err(failed) => failed.into(),
+    }
+}
+
+/// The JSON body of a listed peer's request; a bad one is a recorded
+/// refusal.
+async fn body<T: serde::de::DeserializeOwned>(
+    state: &SocketState,
+    peer: &Peer,
+    entry: AuditEntry,
+    request: Request,
+) -> Result<(AuditEntry, T), TokenError> {
+    match read_json(request.into_body()).await {
+        Ok(r) => Ok((entry, r)),
+        Err(e) => {
+            refuse(state, peer, entry, &e).await?;
+            Err(e.into())
+        }
+    }
+}
+
 pub(super) async fn create(
     State(state): State<SocketState>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     request: Request,
 ) -> Result<Json<TokenAnswer>, TokenError> {
-    let mut entry = peer.audit(state.clock.now().timestamp(), "token");
+    let entry = peer.audit(state.clock.now().timestamp(), "token");
     let policies = state.policies.current();
     let grants = peer.grants(&policies);
+    // A peer no policy lists is refused before its body is read, as on
+    // every route: it must not hold a connection by sending it slowly.
+    if grants.is_empty() {
+        return Err(refuse_unlisted(&state, &peer, entry).await);
+    }
     let _slot = match state.limits.admit(&peer, &grants).await {
         Ok(slot) => slot,
         Err(e) => {
@@ -298,13 +332,7 @@ pub(super) async fn create(
         }
     };
     drop(grants);
-    let req: TokenRequest = match read_json(request.into_body()).await {
-        Ok(r) => r,
-        Err(e) => {
-            refuse(&state, &peer, entry, &e).await?;
-            return Err(e.into());
-        }
-    };
+    let (mut entry, req): (_, TokenRequest) = body(&state, &peer, entry, request).await?;
     entry.client_id = Some(req.client_id.clone());
     entry.audience = Some(req.token_url.clone());
     let min_ttl_s = req.min_ttl_s.unwrap_or(DEFAULT_MIN_TTL_S);
@@ -386,14 +414,11 @@ pub(super) async fn forget(
     ConnectInfo(peer): ConnectInfo<Peer>,
     request: Request,
 ) -> Result<StatusCode, TokenError> {
-    let mut entry = peer.audit(state.clock.now().timestamp(), "token_forget");
-    let req: ForgetRequest = match read_json(request.into_body()).await {
-        Ok(r) => r,
-        Err(e) => {
-            refuse(&state, &peer, entry, &e).await?;
-            return Err(e.into());
-        }
-    };
+    let entry = peer.audit(state.clock.now().timestamp(), "token_forget");
+    if peer.grants(&state.policies.current()).is_empty() {
+        return Err(refuse_unlisted(&state, &peer, entry).await);
+    }
+    let (mut entry, req): (_, ForgetRequest) = body(&state, &peer, entry, request).await?;
     entry.client_id = Some(req.client_id.clone());
     entry.audience = Some(req.token_url.clone());
     match authorize(
