@@ -268,11 +268,24 @@ impl Broker {
                 assert!(!text.contains(t.as_str()), "token {t} found in {place}");
             }
         }
-        // The upstream calls are audited, though.
+        // The upstream calls are audited, though, and every assertion that
+        // went upstream was recorded before it left (same jti, earlier seq).
         assert!(
             audit.to_string().contains("\"action\":\"token\""),
             "{audit}"
         );
+        let records = audit.as_array().unwrap();
+        for call in records
+            .iter()
+            .filter(|r| r["action"] == "token" && r["jti"].is_string())
+        {
+            assert!(
+                records.iter().any(|r| r["action"] == "token_assertion"
+                    && r["jti"] == call["jti"]
+                    && r["seq"].as_i64() < call["seq"].as_i64()),
+                "no record before the assertion of {call} left"
+            );
+        }
     }
 }
 
@@ -306,8 +319,20 @@ async fn a_token_is_fetched_once_served_from_the_cache_and_refreshed_ahead() {
     assert_eq!(second["access_token"], first["access_token"]);
     assert_eq!(b.ep.calls(), 1);
 
-    // DELETE drops it: the next request fetches anew.
+    // DELETE drops it: the next request fetches anew. Who forced that is
+    // on record.
     assert_eq!(b.forget("system/Patient.rs").await, StatusCode::NO_CONTENT);
+    let (_, audit) =
+        b.d.socket_json(Method::GET, "/v1/audit?limit=1000", None)
+            .await;
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "token_forget" && r["outcome"] == "ok"),
+        "{audit}"
+    );
     let (_, third) = b.token("system/Patient.rs", None).await;
     assert_eq!(third["cached"], false);
     assert_ne!(third["access_token"], first["access_token"]);

@@ -1,8 +1,11 @@
 //! `GET /status` on the admin listener: a small HTML page for people, per
 //! set its live timeline, which kid signs, and the next planned transition,
 //! with the audit head. No scripts and no external assets (the page must
-//! render on an air-gapped operator's machine and pass a strict CSP), and
-//! nothing that the JWKS, `/metrics` and `keys list` do not already show.
+//! render on an air-gapped operator's machine and pass a strict CSP).
+//! Besides what the JWKS, `/metrics` and `keys list` already show, it
+//! shows the audit head (`seq:MAC`, as `jwksd audit head` prints it): a
+//! MAC reveals nothing of the records or the key, and an operator who can
+//! reach the admin listener can note it as a witness outside the store.
 
 use std::fmt::Write as _;
 

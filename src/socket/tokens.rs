@@ -415,9 +415,21 @@ pub(super) async fn forget(
     request: Request,
 ) -> Result<StatusCode, TokenError> {
     let entry = peer.audit(state.clock.now().timestamp(), "token_forget");
-    if peer.grants(&state.policies.current()).is_empty() {
+    let policies = state.policies.current();
+    let grants = peer.grants(&policies);
+    if grants.is_empty() {
         return Err(refuse_unlisted(&state, &peer, entry).await);
     }
+    // Within the caller's limits, as a token request: forgetting makes
+    // the next request call upstream, which is what the limits guard.
+    let _slot = match state.limits.admit(&peer, &grants).await {
+        Ok(slot) => slot,
+        Err(e) => {
+            refuse(&state, &peer, entry, &e).await?;
+            return Err(e.into());
+        }
+    };
+    drop(grants);
     let (mut entry, req): (_, ForgetRequest) = body(&state, &peer, entry, request).await?;
     entry.client_id = Some(req.client_id.clone());
     entry.audience = Some(req.token_url.clone());
@@ -432,6 +444,13 @@ pub(super) async fn forget(
     ) {
         Ok(g) => {
             state.tokens.forget(&g.key);
+            // Who forced the next upstream call is on record.
+            entry.explain(format!("scope {:?}", g.key.scopes.to_string()));
+            state
+                .auditor
+                .record(entry)
+                .await
+                .map_err(ApiError::internal)?;
             Ok(StatusCode::NO_CONTENT)
         }
         Err((e, _)) => {
@@ -488,7 +507,20 @@ fn fetcher(
     let granted = Arc::new(granted);
     move || {
         let (state, peer, granted) = (state.clone(), peer.clone(), granted.clone());
-        Box::pin(async move { fetch_once(&state, &peer, &granted).await })
+        // A task of its own: once an assertion is signed, the upstream
+        // call and its record finish even if the request that started
+        // them is dropped (client gone, request deadline).
+        Box::pin(async move {
+            tokio::spawn(async move { fetch_once(&state, &peer, &granted).await })
+                .await
+                .unwrap_or_else(|e| {
+                    Err(FetchError::Assertion {
+                        status: 500,
+                        code: "internal",
+                        message: ApiError::internal(e).message,
+                    })
+                })
+        })
     }
 }
 
@@ -506,6 +538,21 @@ async fn fetch_once(
         Ok((jwt, kid, jti)) => {
             entry.kid = Some(kid.clone());
             entry.jti = Some(jti.clone());
+            // No signature leaves without its record: the assertion is
+            // recorded before it is posted; the call's outcome follows.
+            let mut signed = entry.clone();
+            signed.action = "token_assertion".to_owned();
+            signed.explain(format!(
+                "assertion signed for the token endpoint, scope asked {:?}",
+                granted.key.scopes.to_string()
+            ));
+            if let Err(e) = state.auditor.record(signed).await {
+                return Err(FetchError::Assertion {
+                    status: 500,
+                    code: "internal",
+                    message: ApiError::internal(e).message,
+                });
+            }
             state
                 .upstream
                 .fetch(&granted.key.token_url, jwt, &granted.key.scopes)

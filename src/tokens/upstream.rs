@@ -134,12 +134,17 @@ impl UpstreamError {
     }
 }
 
+/// The longest token lifetime accepted (a year). SMART tokens live minutes;
+/// a larger `expires_in` is a broken or hostile endpoint, and time
+/// arithmetic on it would overflow.
+pub const MAX_EXPIRES_IN: u64 = 365 * 86_400;
+
 /// A token endpoint's successful answer, checked.
 #[derive(Debug)]
 pub struct Grant {
     /// `access_token`.
     pub access_token: AccessToken,
-    /// `expires_in`, seconds, > 0.
+    /// `expires_in`, seconds, > 0 and at most [`MAX_EXPIRES_IN`].
     pub expires_in: u64,
     /// `scope` as granted; the scopes asked for when the answer has none
     /// (RFC 6749 §5.1: omitted means identical to the request).
@@ -464,6 +469,12 @@ fn read_answer(
     let expires_in = match json.get("expires_in") {
         None => return Err(refused("expires_in is missing", None)),
         Some(v) => match v.as_u64() {
+            Some(n) if n > MAX_EXPIRES_IN => {
+                return Err(refused(
+                    "expires_in is over a year: not a lifetime this broker believes",
+                    None,
+                ));
+            }
             Some(n) if n > 0 => n,
             _ => return Err(refused("expires_in is not a positive integer", None)),
         },
@@ -578,6 +589,17 @@ mod tests {
             why(t(r#""access_token":"x","token_type":"Bearer""#)),
             "expires_in is missing"
         );
+        // Far beyond any lifetime: refused, never handed to time arithmetic
+        // (chrono panics past ~9.2e15 s).
+        for huge in ["31536001", "18446744073709551615"] {
+            assert_eq!(
+                why(t(&format!(
+                    r#""access_token":"x","token_type":"Bearer","expires_in":{huge}"#
+                ))),
+                "expires_in is over a year: not a lifetime this broker believes",
+                "{huge}"
+            );
+        }
         assert_eq!(
             why(t(
                 r#""access_token":"x","token_type":"Bearer","expires_in":5,"scope":"a c""#
