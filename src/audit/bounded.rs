@@ -32,8 +32,7 @@ pub fn bounded(text: &str, max: usize) -> Cow<'_, str> {
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
-    let digest = Sha256::digest(text.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = super::hex::hex(&Sha256::digest(text.as_bytes()));
     Cow::Owned(format!(
         "{}…(truncated: {} bytes, sha256 {hex})",
         &text[..cut],
