@@ -16,6 +16,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::authorize::{SignGrant, SignRequest, authorize_signature};
 use super::body::read_json;
@@ -294,16 +295,32 @@ async fn refuse_unlisted(state: &SocketState, peer: &Peer, entry: AuditEntry) ->
     }
 }
 
-/// The JSON body of a listed peer's request; a bad one is a recorded
-/// refusal.
-async fn body<T: serde::de::DeserializeOwned>(
+/// Admission of a token request, recorded as `action`: a peer no policy
+/// lists is refused before its body is read (it must not hold a
+/// connection by sending it slowly), then the caller's limits (the slot is
+/// held until the answer), then the JSON body; each refusal is recorded.
+async fn admitted<T: serde::de::DeserializeOwned>(
     state: &SocketState,
     peer: &Peer,
-    entry: AuditEntry,
+    action: &str,
     request: Request,
-) -> Result<(AuditEntry, T), TokenError> {
+) -> Result<(AuditEntry, T, Option<OwnedSemaphorePermit>), TokenError> {
+    let entry = peer.audit(state.clock.now().timestamp(), action);
+    let policies = state.policies.current();
+    let grants = peer.grants(&policies);
+    if grants.is_empty() {
+        return Err(refuse_unlisted(state, peer, entry).await);
+    }
+    let slot = match state.limits.admit(peer, &grants).await {
+        Ok(slot) => slot,
+        Err(e) => {
+            refuse(state, peer, entry, &e).await?;
+            return Err(e.into());
+        }
+    };
+    drop(grants);
     match read_json(request.into_body()).await {
-        Ok(r) => Ok((entry, r)),
+        Ok(r) => Ok((entry, r, slot)),
         Err(e) => {
             refuse(state, peer, entry, &e).await?;
             Err(e.into())
@@ -316,23 +333,8 @@ pub(super) async fn create(
     ConnectInfo(peer): ConnectInfo<Peer>,
     request: Request,
 ) -> Result<Json<TokenAnswer>, TokenError> {
-    let entry = peer.audit(state.clock.now().timestamp(), "token");
-    let policies = state.policies.current();
-    let grants = peer.grants(&policies);
-    // A peer no policy lists is refused before its body is read, as on
-    // every route: it must not hold a connection by sending it slowly.
-    if grants.is_empty() {
-        return Err(refuse_unlisted(&state, &peer, entry).await);
-    }
-    let _slot = match state.limits.admit(&peer, &grants).await {
-        Ok(slot) => slot,
-        Err(e) => {
-            refuse(&state, &peer, entry, &e).await?;
-            return Err(e.into());
-        }
-    };
-    drop(grants);
-    let (mut entry, req): (_, TokenRequest) = body(&state, &peer, entry, request).await?;
+    let (mut entry, req, _slot): (_, TokenRequest, _) =
+        admitted(&state, &peer, "token", request).await?;
     entry.client_id = Some(req.client_id.clone());
     entry.audience = Some(req.token_url.clone());
     let min_ttl_s = req.min_ttl_s.unwrap_or(DEFAULT_MIN_TTL_S);
@@ -414,23 +416,10 @@ pub(super) async fn forget(
     ConnectInfo(peer): ConnectInfo<Peer>,
     request: Request,
 ) -> Result<StatusCode, TokenError> {
-    let entry = peer.audit(state.clock.now().timestamp(), "token_forget");
-    let policies = state.policies.current();
-    let grants = peer.grants(&policies);
-    if grants.is_empty() {
-        return Err(refuse_unlisted(&state, &peer, entry).await);
-    }
     // Within the caller's limits, as a token request: forgetting makes
     // the next request call upstream, which is what the limits guard.
-    let _slot = match state.limits.admit(&peer, &grants).await {
-        Ok(slot) => slot,
-        Err(e) => {
-            refuse(&state, &peer, entry, &e).await?;
-            return Err(e.into());
-        }
-    };
-    drop(grants);
-    let (mut entry, req): (_, ForgetRequest) = body(&state, &peer, entry, request).await?;
+    let (mut entry, req, _slot): (_, ForgetRequest, _) =
+        admitted(&state, &peer, "token_forget", request).await?;
     entry.client_id = Some(req.client_id.clone());
     entry.audience = Some(req.token_url.clone());
     match authorize(
