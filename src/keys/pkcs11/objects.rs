@@ -7,8 +7,10 @@
 //! `list_objects` and `private_attributes` calls.
 //! Does not own: generation (`generate`) or signing (`sign`).
 
+use cryptoki::context::Function;
+use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::Session;
+use cryptoki::session::{Session, SessionState};
 
 use super::connection::OpError;
 use super::{Pkcs11Error, Pkcs11Token, PrivateAttributes, TokenObject};
@@ -32,7 +34,7 @@ impl Pkcs11Token {
             |conn| {
                 conn.with_session(|session| {
                     let handle = find_one(session, ObjectClass::PUBLIC_KEY, kid)?
-                        .ok_or_else(|| not_found(kid))?;
+                        .ok_or_else(|| not_found(session, kid))?;
                     read_public(session, handle, self.name())
                 })
             },
@@ -47,6 +49,7 @@ impl Pkcs11Token {
             |conn| {
                 conn.cache_key(kid, None);
                 let session = conn.rw_session()?;
+                ensure_logged_in(&session)?;
                 let handles = session.find_objects(&[Attribute::Id(kid.as_str().into())])?;
                 let mut destroyed = 0;
                 for handle in handles {
@@ -68,6 +71,7 @@ impl Pkcs11Token {
             || "listing key objects".to_owned(),
             |conn| {
                 conn.with_session(|session| {
+                    ensure_logged_in(session)?;
                     let mut found = Vec::new();
                     for (class, private) in [
                         (ObjectClass::PRIVATE_KEY, true),
@@ -103,7 +107,7 @@ impl Pkcs11Token {
             |conn| {
                 conn.with_session(|session| {
                     let handle = find_one(session, ObjectClass::PRIVATE_KEY, kid)?
-                        .ok_or_else(|| not_found(kid))?;
+                        .ok_or_else(|| not_found(session, kid))?;
                     let attrs = session.get_attributes(
                         handle,
                         &[
@@ -147,9 +151,33 @@ impl Pkcs11Token {
     }
 }
 
-/// The key not found, as an operation error.
-pub(super) fn not_found(kid: &Kid) -> OpError {
-    OpError::Done(Pkcs11Error::KeyNotFound { kid: kid.clone() })
+/// The key not found, as an operation error, once `session` is known to be
+/// logged in (see [`ensure_logged_in`]).
+pub(super) fn not_found(session: &Session, kid: &Kid) -> OpError {
+    match ensure_logged_in(session) {
+        Ok(()) => OpError::Done(Pkcs11Error::KeyNotFound { kid: kid.clone() }),
+        Err(e) => e,
+    }
+}
+
+/// Fails with `CKR_USER_NOT_LOGGED_IN` (which drops the connection) unless
+/// `session` has the user's login. A token that lost its login (a reset, a
+/// `C_Logout`) hides private objects and drops their handles: "not found",
+/// "0 destroyed" or a list without private keys would then be answers about
+/// the keys when the token is the problem.
+pub(super) fn ensure_logged_in(session: &Session) -> Result<(), OpError> {
+    let info = session.get_session_info()?;
+    if matches!(
+        info.session_state(),
+        SessionState::RoUser | SessionState::RwUser
+    ) {
+        Ok(())
+    } else {
+        Err(OpError::Ck(CkError::Pkcs11(
+            RvError::UserNotLoggedIn,
+            Function::FindObjects,
+        )))
+    }
 }
 
 /// The one object of `class` with `CKA_ID` = kid (the first if the token

@@ -61,7 +61,8 @@ fn private_handle(
     if let Some(handle) = conn.cached_key(kid) {
         return Ok(handle);
     }
-    let handle = find_one(session, ObjectClass::PRIVATE_KEY, kid)?.ok_or_else(|| not_found(kid))?;
+    let handle =
+        find_one(session, ObjectClass::PRIVATE_KEY, kid)?.ok_or_else(|| not_found(session, kid))?;
     conn.cache_key(kid, Some(handle));
     Ok(handle)
 }

@@ -106,7 +106,13 @@ fn with_softhsm(name: &str, body: impl FnOnce(&Fixture)) {
     );
     let test = format!("{}::{name}", module_path!().trim_start_matches("jwksd::"));
     let child = Command::new(std::env::current_exe().unwrap())
-        .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            test.as_str(),
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("SOFTHSM2_CONF", &conf)
         .env(CHILD_ENV, tmp.path())
         .output()
