@@ -743,7 +743,7 @@ fn sign_rates() {
                 .map(|t| t.join().unwrap())
                 .sum();
             let pooled = total as f64 / start.elapsed().as_secs_f64();
-            println!(
+            eprintln!(
                 "RATE {alg} {bits}: single thread {single:.0}/s, {threads} threads {pooled:.0}/s"
             );
         }
