@@ -1,8 +1,8 @@
 //! Key material: generation and signing ([`SigningKey`], the aws-lc-rs
 //! backend in `aws_lc`), where new keys come from ([`source`]), sealing
 //! private halves under the master key ([`seal`]) and the one container for
-//! secret bytes ([`secret`]). Nothing outside this folder names the crypto
-//! backend.
+//! secret bytes ([`secret`]); keys kept in a PKCS#11 token ([`pkcs11`]).
+//! Nothing outside this folder names the crypto backend.
 //!
 //! Owns: generating RS384 (RSA) and ES384 (P-384) keys as PKCS#8, parsing a
 //! PKCS#8 key once into a [`SigningKey`], producing JOSE signature bytes, and
@@ -14,6 +14,7 @@
 
 mod aws_lc;
 pub mod material;
+pub mod pkcs11;
 pub mod seal;
 pub mod secret;
 pub mod signing;
