@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     // key files) starts private to its user.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     // Out of the environment while this is the only thread (see there).
-    let master_key_env = jwksd::keys::seal::take_master_key_env();
+    let env_secrets = jwksd::commands::EnvSecrets::take();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(jwksd::commands::run(cli, master_key_env)) {
+    match runtime.block_on(jwksd::commands::run(cli, env_secrets)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -15,9 +15,8 @@
 //! limit for AES-GCM.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::{fmt, fs};
 
@@ -28,6 +27,7 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_PAD_INDIFFERENT, URL_SA
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use super::owner_file::{OwnerFileError, read_owner_only};
 use super::secret::SecretBytes;
 use super::signing::fill_random;
 use crate::types::Kid;
@@ -170,32 +170,6 @@ pub struct MasterKey {
     key: SecretBytes,
 }
 
-/// Takes `JWKSD_MASTER_KEY` out of this process's environment and returns
-/// its value. The variable is removed, so commands and children do not see
-/// it, and its bytes in the environment block the kernel shows in
-/// `/proc/PID/environ` (the process's initial stack, which removing a
-/// variable leaves as it is) are overwritten first.
-///
-/// Call it before any other thread starts: the environment has no lock
-/// that threads reading it (getenv in C libraries) would take.
-pub fn take_master_key_env() -> Option<Zeroizing<Vec<u8>>> {
-    let value = Zeroizing::new(std::env::var_os(MASTER_KEY_ENV)?.into_vec());
-    let name = std::ffi::CString::new(MASTER_KEY_ENV).expect("a constant without NUL");
-    // SAFETY: `main` calls this before the runtime or any other thread
-    // exists, so nothing reads or changes the environment meanwhile.
-    // `getenv` returns the value's bytes where they stand (in the initial
-    // block for a variable the process was started with), NUL-terminated;
-    // they are overwritten within their length, then the variable removed.
-    unsafe {
-        let at = libc::getenv(name.as_ptr());
-        if !at.is_null() {
-            std::ptr::write_bytes(at, 0, libc::strlen(at));
-        }
-        std::env::remove_var(MASTER_KEY_ENV);
-    }
-    Some(value)
-}
-
 impl MasterKey {
     /// Parses the base64 text of a master key: standard alphabet, padding
     /// optional, surrounding whitespace ignored; it must decode to exactly
@@ -231,30 +205,11 @@ impl MasterKey {
     /// 0`), naming the path, the mode and the fix (`chmod 600`). The mode is
     /// checked on the opened file, so it is the file actually read.
     pub fn load_file(path: &Path) -> Result<Self, SealError> {
-        let read_error = |source| SealError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let file = File::open(path).map_err(read_error)?;
-        let meta = file.metadata().map_err(read_error)?;
-        if !meta.is_file() || meta.len() > MAX_KEY_FILE_LEN {
-            return Err(SealError::NotAKeyFile {
-                path: path.to_owned(),
-            });
-        }
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(SealError::Permissions {
-                path: path.to_owned(),
-                mode,
-            });
-        }
-        // Capacity for the whole file up front, so reading never reallocates
-        // and leaves an unzeroized copy behind.
-        let mut text = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE_LEN as usize + 1));
-        file.take(MAX_KEY_FILE_LEN + 1)
-            .read_to_end(&mut text)
-            .map_err(read_error)?;
+        let text = read_owner_only(path, "master key", MAX_KEY_FILE_LEN).map_err(|e| match e {
+            OwnerFileError::Permissions { path, mode, .. } => SealError::Permissions { path, mode },
+            OwnerFileError::NotAFile { path, .. } => SealError::NotAKeyFile { path },
+            OwnerFileError::Read { path, source, .. } => SealError::Read { path, source },
+        })?;
         let origin = path.display().to_string();
         let text = std::str::from_utf8(&text).map_err(|_| SealError::NotBase64 {
             origin: origin.clone(),
@@ -263,7 +218,7 @@ impl MasterKey {
     }
 
     /// The master key from `env` (the `JWKSD_MASTER_KEY` value that
-    /// [`take_master_key_env`] took) if that is set, even to an invalid
+    /// `commands::EnvSecrets` took) if that is set, even to an invalid
     /// value, which is an error rather than a silent fallback; else from
     /// `file`; [`SealError::Missing`] if neither.
     ///
@@ -451,6 +406,8 @@ pub fn write_new_master_key_file(path: &Path) -> Result<(), SealError> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
     use proptest::prelude::*;
 
