@@ -115,6 +115,8 @@ fn key(alg: Alg, version: u32, state: KeyState, activate_at: Option<i64>) -> Sto
         state,
         public_jwk: format!(r#"{{"kid":"{}"}}"#, kid(alg, version)),
         sealed_private: Some(vec![version as u8; 48]),
+        backend: "software".into(),
+        backend_ref: None,
         created_at: t(0),
         publish_at: t(0),
         activate_at: activate_at.map(t),
@@ -292,6 +294,7 @@ conformance!(
     live_keys_are_the_keys_that_can_change_plus_the_newest_per_alg,
     a_state_update_that_moves_no_row_is_stale_and_commits_nothing,
     a_unique_violation_on_an_update_is_stale_and_commits_nothing,
+    token_keys_keep_a_reference_only_while_they_may_sign_and_never_a_blob,
 );
 
 async fn reseal_replaces_every_private_half_and_the_fingerprint_at_once(db: &Db) {
@@ -836,6 +839,64 @@ async fn private_halves_are_held_only_while_pending_or_active(db: &Db) {
             k.state
         );
     }
+}
+
+/// `key`, held in the token backend `hsm`: a reference (its kid as
+/// CKA_ID) instead of a sealed blob.
+fn token_key(alg: Alg, version: u32, state: KeyState, activate_at: Option<i64>) -> StoredKey {
+    let k = key(alg, version, state, activate_at);
+    StoredKey {
+        sealed_private: None,
+        backend: "hsm".into(),
+        backend_ref: Some(k.kid.to_string()),
+        ..k
+    }
+}
+
+async fn token_keys_keep_a_reference_only_while_they_may_sign_and_never_a_blob(db: &Db) {
+    let s = db.open().await;
+    assert!(is_done(
+        &apply(
+            &s,
+            Change::Insert(token_key(RS, 1, KeyState::Active, Some(0)))
+        )
+        .await
+    ));
+    apply(
+        &s,
+        Change::Insert(token_key(RS, 2, KeyState::Pending, Some(100))),
+    )
+    .await;
+    apply(&s, activate(2, 100, false)).await; // v1 retiring
+    apply(
+        &s,
+        Change::Insert(token_key(RS, 3, KeyState::Pending, Some(200))),
+    )
+    .await;
+    apply(
+        &s,
+        Change::Revoke {
+            kid: kid(RS, 2),
+            at: t(150),
+        },
+    )
+    .await; // v3 active
+    let keys = s.keys().await.unwrap();
+    for k in &keys {
+        assert_eq!(k.backend, "hsm", "{}", k.kid);
+        assert_eq!(k.sealed_private, None, "{}", k.kid);
+        let held = k.state.holds_private().then(|| k.kid.to_string());
+        assert_eq!(k.backend_ref, held, "{}: {}", k.kid, k.state);
+    }
+    // The database itself refuses a pending token key with no reference,
+    // and a key holding both a blob and a reference.
+    let mut orphan = token_key(RS, 4, KeyState::Pending, Some(300));
+    orphan.backend_ref = None;
+    assert!(s.apply(&Change::Insert(orphan)).await.is_err());
+    let mut both = token_key(RS, 4, KeyState::Pending, Some(300));
+    both.sealed_private = Some(vec![1; 48]);
+    assert!(s.apply(&Change::Insert(both)).await.is_err());
+    assert_eq!(s.keys().await.unwrap().len(), keys.len());
 }
 
 async fn revision_bumps_only_on_committed_changes(db: &Db) {

@@ -9,7 +9,8 @@ use serde::Serialize;
 
 use crate::types::{Alg, KeyState, Kid, SetName};
 
-/// A key as stored. The private half, when present, is sealed (see `seal`).
+/// A key as stored. The private half, while the key may sign, is either
+/// sealed here (`software`, see `seal`) or held in a token (`backend_ref`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoredKey {
     pub set: SetName,
@@ -19,8 +20,16 @@ pub struct StoredKey {
     pub state: KeyState,
     /// The public JWK as published (JSON text).
     pub public_jwk: String,
-    /// AES-256-GCM sealed PKCS#8, only while pending or active.
+    /// AES-256-GCM sealed PKCS#8, only while pending or active, and only
+    /// for a key of the `software` backend.
     pub sealed_private: Option<Vec<u8>>,
+    /// The backend that made and holds the private half: `software` (sealed
+    /// above) or the name of a `[backends.NAME]` table. Kept for good, so
+    /// `keys list` still says where a retired key lived.
+    pub backend: String,
+    /// For a key held in a token: the object's CKA_ID, only while pending or
+    /// active (the store forgets it when the private half is destroyed).
+    pub backend_ref: Option<String>,
     pub created_at: DateTime<Utc>,
     /// When the key entered the JWKS (= generation time).
     pub publish_at: DateTime<Utc>,
@@ -49,6 +58,8 @@ impl std::fmt::Debug for StoredKey {
                 "sealed_private",
                 &self.sealed_private.as_ref().map(|_| "<sealed>"),
             )
+            .field("backend", &self.backend)
+            .field("backend_ref", &self.backend_ref)
             .finish()
     }
 }

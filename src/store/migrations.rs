@@ -9,12 +9,13 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 /// `postgres.rs` each ship theirs, compiled into the binary: a deployed
 /// daemon never looks for SQL files on disk). Both schemas move in step,
 /// so the versions and descriptions are named once.
-pub fn migrator(sql: [&'static str; 4]) -> Migrator {
-    const DESCRIPTIONS: [&str; 4] = [
+pub fn migrator(sql: [&'static str; 5]) -> Migrator {
+    const DESCRIPTIONS: [&str; 5] = [
         "keys and audit",
         "lease",
         "live keys index",
         "keyed audit chain",
+        "key backends",
     ];
     Migrator::with_migrations(
         (1..)

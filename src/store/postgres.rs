@@ -76,11 +76,12 @@ const LISTEN_IDLE_PING: Duration = Duration::from_secs(30);
 const LISTEN_MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// The migrations, compiled into the binary.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     include_str!("../../migrations/postgres/0001_keys_and_audit.sql"),
     include_str!("../../migrations/postgres/0002_lease.sql"),
     include_str!("../../migrations/postgres/0003_live_keys.sql"),
     include_str!("../../migrations/postgres/0004_keyed_audit_chain.sql"),
+    include_str!("../../migrations/postgres/0005_key_backends.sql"),
 ];
 
 #[derive(Debug)]

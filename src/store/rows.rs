@@ -21,7 +21,7 @@ use crate::types::{Alg, KeyState, Kid, SetName};
 
 /// The `keys` columns, in [`KeyRow`] order.
 pub(super) const KEY_COLUMNS: &str = "kid, set_name, alg, version, state, public_jwk, sealed_private, \
-     created_at, publish_at, activate_at, deactivate_at, retire_at, emergency";
+     created_at, publish_at, activate_at, deactivate_at, retire_at, emergency, backend, backend_ref";
 
 /// The `audit` columns, in [`AuditRow`] and [`audit_values`] order.
 pub(super) const AUDIT_COLUMNS: &str = "seq, at, action, outcome, uid, gid, pid, exe, client_id, audience, kid, jti, detail, prev_hash, hash, chain_key";
@@ -45,6 +45,8 @@ pub(super) type KeyRow = (
     Option<i64>,
     Option<i64>,
     bool,
+    String,
+    Option<String>,
 );
 
 /// An `audit` row as read, in [`AUDIT_COLUMNS`] order.
@@ -141,6 +143,8 @@ pub(super) fn key_from_row(row: KeyRow) -> Result<StoredKey, StoreError> {
         deactivate_at: opt_ts(row.10)?,
         retire_at: opt_ts(row.11)?,
         emergency: row.12,
+        backend: row.13,
+        backend_ref: row.14,
     })
 }
 

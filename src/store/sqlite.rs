@@ -67,11 +67,12 @@ impl Dialect for SqliteDialect {
 }
 
 /// The migrations, compiled into the binary.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     include_str!("../../migrations/sqlite/0001_keys_and_audit.sql"),
     include_str!("../../migrations/sqlite/0002_lease.sql"),
     include_str!("../../migrations/sqlite/0003_live_keys.sql"),
     include_str!("../../migrations/sqlite/0004_keyed_audit_chain.sql"),
+    include_str!("../../migrations/sqlite/0005_key_backends.sql"),
 ];
 
 impl SqliteStore {

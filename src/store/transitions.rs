@@ -82,6 +82,7 @@ where
     &'static str: Bind<D::DB>,
     String: Bind<D::DB>,
     Option<Vec<u8>>: Bind<D::DB>,
+    Option<String>: Bind<D::DB>,
     i64: Bind<D::DB>,
     Option<i64>: Bind<D::DB>,
     bool: Bind<D::DB>,
@@ -187,7 +188,7 @@ where
                     return Ok(Applied::Stale(format!("{kid} is already {}", key.state)));
                 }
                 let res = sqlx::query(
-                    "UPDATE keys SET state = 'revoked', sealed_private = NULL, \
+                    "UPDATE keys SET state = 'revoked', sealed_private = NULL, backend_ref = NULL, \
                      deactivate_at = CASE WHEN state = 'active' THEN $1 ELSE deactivate_at END, \
                      retire_at = $1 WHERE kid = $2 AND state = $3",
                 )
@@ -277,6 +278,8 @@ where
             .bind(key.deactivate_at.map(ts))
             .bind(key.retire_at.map(ts))
             .bind(key.emergency)
+            .bind(key.backend.clone())
+            .bind(key.backend_ref.clone())
             .execute(&mut *conn)
             .await?;
         moved_one(res.rows_affected(), &key.kid, "was not inserted")?;
@@ -292,7 +295,8 @@ where
         retire_at: DateTime<Utc>,
     ) -> Result<(), TxError> {
         let res = sqlx::query(
-            "UPDATE keys SET state = 'retiring', sealed_private = NULL, deactivate_at = $1, \
+            "UPDATE keys SET state = 'retiring', sealed_private = NULL, backend_ref = NULL, \
+             deactivate_at = $1, \
              retire_at = $2 WHERE kid = $3 AND state = 'active'",
         )
         .bind(ts(at))
