@@ -67,6 +67,9 @@ pub enum Command {
     /// Master key operations (with the daemon stopped).
     #[command(subcommand)]
     Seal(SealCommand),
+    /// Check the key backends of jwksd.toml (PKCS#11 tokens).
+    #[command(subcommand)]
+    Backend(BackendCommand),
     /// Run the lifecycle of a policy on a simulated clock and print the timeline.
     Simulate(SimulateArgs),
 }
@@ -149,6 +152,23 @@ pub struct TokenArgs {
 pub enum PolicyCommand {
     /// Validate policy files (default: every file of the config's policies dir).
     Check { files: Vec<PathBuf> },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackendCommand {
+    /// Log in to each token (or the one named), list the mechanisms jwksd
+    /// needs, and sign and verify with a session key of each algorithm;
+    /// exits non-zero naming what is missing.
+    Check { name: Option<String> },
+    /// List the key objects jwksd made in each token (or the one named):
+    /// label (the kid, or `jwksd-new-...` for an unfinished generation),
+    /// class, and the private halves' protection attributes.
+    Objects {
+        name: Option<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -93,6 +93,36 @@ impl Jwk {
     pub fn kid(&self) -> &str {
         &self.kid
     }
+
+    /// The public key this JWK carries, the inverse of
+    /// [`from_public`](Jwk::from_public): an `RSA` key's `n`, `e`, or a
+    /// `P-384` `EC` key's 48-byte `x`, `y`. The reason names what is
+    /// missing or malformed.
+    pub fn public_key(&self) -> Result<PublicKey, &'static str> {
+        let member = |value: &Option<String>, missing: &'static str| {
+            let text = value.as_deref().ok_or(missing)?;
+            URL_SAFE_NO_PAD
+                .decode(text)
+                .map_err(|_| "a member is not base64url")
+        };
+        match self.kty.as_str() {
+            "RSA" => Ok(PublicKey::Rsa {
+                n: strip_leading_zeros(&member(&self.n, "no n")?).to_vec(),
+                e: strip_leading_zeros(&member(&self.e, "no e")?).to_vec(),
+            }),
+            "EC" if self.crv.as_deref() == Some("P-384") => {
+                let coord = |value: &Option<String>, missing| {
+                    <[u8; keys::EC_COORD_LEN]>::try_from(member(value, missing)?)
+                        .map_err(|_| "a P-384 coordinate is not 48 bytes")
+                };
+                Ok(PublicKey::Ec384 {
+                    x: coord(&self.x, "no x")?,
+                    y: coord(&self.y, "no y")?,
+                })
+            }
+            _ => Err("not an RSA or P-384 EC key"),
+        }
+    }
 }
 
 /// RFC 7518 §6.3.1: RSA integers are encoded without leading zero octets.
@@ -320,6 +350,22 @@ mod tests {
         assert_no_private_member(&text);
         assert_eq!(jwk.kid(), "k1");
         assert_eq!(serde_json::from_str::<Jwk>(&text).unwrap(), jwk);
+    }
+
+    #[test]
+    fn a_jwk_gives_back_the_public_key_it_was_made_from_and_names_what_is_wrong() {
+        for key in [rfc7638_key(), ec_key(7)] {
+            let jwk = Jwk::from_public(&kid("k1"), key.alg(), &key);
+            assert_eq!(jwk.public_key().unwrap(), key);
+        }
+        let mut rsa = Jwk::from_public(&kid("k1"), Alg::Rs384, &rfc7638_key());
+        rsa.e = None;
+        assert_eq!(rsa.public_key(), Err("no e"));
+        let mut ec = Jwk::from_public(&kid("k1"), Alg::Es384, &ec_key(1));
+        ec.x = Some(b64url(&[1; 47]));
+        assert_eq!(ec.public_key(), Err("a P-384 coordinate is not 48 bytes"));
+        ec.crv = Some("P-256".into());
+        assert_eq!(ec.public_key(), Err("not an RSA or P-384 EC key"));
     }
 
     #[test]

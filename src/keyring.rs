@@ -11,8 +11,10 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::config::live::LivePolicies;
 use crate::config::policy::Policies;
+use crate::config::policy::SOFTWARE_BACKEND;
 use crate::jose::{Jwk, JwksDocument, encode_jwks};
 use crate::keys::SigningKey;
+use crate::keys::backend::Backends;
 use crate::keys::seal::MasterKey;
 use crate::lifecycle::model::StoredKey;
 use crate::store::{Store, StoreError};
@@ -81,6 +83,8 @@ pub struct Keyring {
     store: Arc<dyn Store>,
     policies: LivePolicies,
     master: Arc<MasterKey>,
+    /// The tokens that hold the private halves of non-software keys.
+    backends: Arc<Backends>,
     /// Bumped when a refresh fails (`jwksd_store_errors`).
     store_errors: Counter,
 }
@@ -92,6 +96,7 @@ impl Keyring {
         store: Arc<dyn Store>,
         policies: LivePolicies,
         master: Arc<MasterKey>,
+        backends: Arc<Backends>,
         store_errors: Counter,
     ) -> Self {
         Keyring {
@@ -99,6 +104,7 @@ impl Keyring {
             store,
             policies,
             master,
+            backends,
             store_errors,
         }
     }
@@ -127,7 +133,11 @@ impl Keyring {
         let keys = self.store.keys().await?;
         let old = self.snapshot();
         let policies = self.policies.current();
-        let snapshot = Arc::new(build(revision, keys, &policies, &self.master, &old)?);
+        let openers = Openers {
+            master: &self.master,
+            backends: &self.backends,
+        };
+        let snapshot = Arc::new(build(revision, keys, &policies, &openers, &old)?);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = snapshot.clone();
         Ok(snapshot)
     }
@@ -137,7 +147,7 @@ fn build(
     revision: i64,
     keys: Vec<StoredKey>,
     policies: &Policies,
-    master: &MasterKey,
+    openers: &Openers<'_>,
     old: &Snapshot,
 ) -> Result<Snapshot, KeyringError> {
     let mut sets = BTreeMap::new();
@@ -159,7 +169,7 @@ fn build(
                     .cloned();
                 let signer = match reused {
                     Some(s) => s,
-                    None => Arc::new(unseal(k, &jwk, master)?),
+                    None => Arc::new(openers.signer(k, &jwk)?),
                 };
                 signers.insert(k.alg, signer);
             }
@@ -191,8 +201,53 @@ fn parse_jwk(k: &StoredKey) -> Result<Jwk, KeyringError> {
     })
 }
 
-/// The signing key of `k`, which publishes `published` (its parsed
-/// `public_jwk`).
+/// What opens the private halves of active keys: the master key for
+/// sealed ones, the backends for keys held in a token.
+struct Openers<'a> {
+    master: &'a MasterKey,
+    backends: &'a Backends,
+}
+
+impl Openers<'_> {
+    /// The signing key of `k`, which publishes `published` (its parsed
+    /// `public_jwk`), from wherever its private half is.
+    fn signer(&self, k: &StoredKey, published: &Jwk) -> Result<SigningKey, KeyringError> {
+        if k.backend == SOFTWARE_BACKEND {
+            return unseal(k, published, self.master);
+        }
+        let err = |reason: String| KeyringError::Unseal {
+            kid: k.kid.to_string(),
+            reason,
+        };
+        let token = self.backends.token(&k.backend).ok_or_else(|| {
+            err(format!(
+                "it is held in backend {:?}, which jwksd.toml does not define ([backends.{}])",
+                k.backend, k.backend
+            ))
+        })?;
+        if k.backend_ref.as_deref() != Some(k.kid.as_str()) {
+            return Err(err(format!(
+                "the store names no object of backend {:?} for it",
+                k.backend
+            )));
+        }
+        // The token is not asked now (it may be down while the JWKS must
+        // still be served): each signature is verified against this
+        // published key instead (`SigningKey::sign`).
+        let public = published
+            .public_key()
+            .map_err(|reason| err(format!("its published JWK is unusable: {reason}")))?;
+        Ok(SigningKey::in_token(
+            k.alg,
+            k.kid.clone(),
+            public,
+            token.clone(),
+        ))
+    }
+}
+
+/// The signing key of software key `k`, which publishes `published` (its
+/// parsed `public_jwk`).
 fn unseal(k: &StoredKey, published: &Jwk, master: &MasterKey) -> Result<SigningKey, KeyringError> {
     let err = |reason: String| KeyringError::Unseal {
         kid: k.kid.to_string(),
@@ -249,7 +304,7 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     use super::*;
-    use crate::keys::source::{AwsLcKeys, KeySource};
+    use crate::keys::generate;
     use crate::types::Kid;
 
     /// A stored active ES384 key: `private` sealed, `public`'s JWK published.
@@ -264,6 +319,8 @@ mod tests {
             state: KeyState::Active,
             public_jwk: serde_json::to_string(&jwk).unwrap(),
             sealed_private: Some(master.seal(kid, &private.pkcs8).unwrap()),
+            backend: "software".into(),
+            backend_ref: None,
             created_at: t,
             publish_at: t,
             activate_at: Some(t),
@@ -280,8 +337,8 @@ mod tests {
         let (master, _) = MasterKey::generate().unwrap();
         let kid = Kid::from_stored("default-es384-v1-0123abcd");
         let (a, b) = (
-            AwsLcKeys.generate(Alg::Es384, 0).unwrap(),
-            AwsLcKeys.generate(Alg::Es384, 0).unwrap(),
+            generate(Alg::Es384, 0).unwrap(),
+            generate(Alg::Es384, 0).unwrap(),
         );
         let matching = stored(&master, &kid, &a, &a);
         let signer = unseal(&matching, &parse_jwk(&matching).unwrap(), &master).unwrap();
@@ -298,7 +355,7 @@ mod tests {
     #[test]
     fn descriptive_members_written_otherwise_do_not_count_as_another_key() {
         let kid = Kid::from_stored("default-es384-v1-0123abcd");
-        let a = AwsLcKeys.generate(Alg::Es384, 0).unwrap();
+        let a = generate(Alg::Es384, 0).unwrap();
         let jwk = Jwk::from_public(&kid, Alg::Es384, &a.public);
         let mut older = jwk.clone();
         older.use_ = String::new();

@@ -42,6 +42,13 @@ pub struct SlotLabels {
     pub alg: String,
 }
 
+/// Labels of a key backend's metrics: its name (`software` or a
+/// `[backends.NAME]` table), from the config, never from a request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub backend: String,
+}
+
 /// Every metric the daemon exports.
 pub struct Metrics {
     registry: Registry,
@@ -70,6 +77,31 @@ pub struct Metrics {
     next_transition: Family<SlotLabels, Gauge>,
     /// The token broker's (DESIGN §6).
     pub tokens: TokenMetrics,
+    /// 1 while a token backend is connected and logged in, 0 while it is
+    /// out of reach (signing on it answers 503).
+    pub backend_up: Family<BackendLabels, Gauge>,
+    /// Signatures a key backend could not make (token errors).
+    pub backend_errors: Family<BackendLabels, Counter>,
+}
+
+impl Metrics {
+    /// Sets `jwksd_backend_up` for `backend`.
+    pub fn backend_up(&self, backend: &str, up: bool) {
+        self.backend_up
+            .get_or_create(&BackendLabels {
+                backend: backend.to_owned(),
+            })
+            .set(i64::from(up));
+    }
+
+    /// Counts a signature `backend` could not make.
+    pub fn backend_error(&self, backend: &str) {
+        self.backend_errors
+            .get_or_create(&BackendLabels {
+                backend: backend.to_owned(),
+            })
+            .inc();
+    }
 }
 
 /// Labels of the token cache's counter: `result` is `hit`, `miss` or
@@ -223,6 +255,18 @@ impl Default for Metrics {
             "Seconds until the pending key may activate",
             next_transition.clone(),
         );
+        let backend_up = Family::<BackendLabels, Gauge>::default();
+        registry.register(
+            "jwksd_backend_up",
+            "1 while a key backend (PKCS#11 token) is connected and logged in",
+            backend_up.clone(),
+        );
+        let backend_errors = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "jwksd_backend_errors",
+            "Signatures a key backend could not make",
+            backend_errors.clone(),
+        );
         let tokens = TokenMetrics::new();
         registry.register(
             "jwksd_token_cache",
@@ -254,6 +298,8 @@ impl Default for Metrics {
             refusals_over_budget,
             key_age,
             next_transition,
+            backend_up,
+            backend_errors,
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::clock::Clock;
 use crate::config::live::LivePolicies;
 use crate::http::paths::PublicUrl;
 use crate::keyring::Keyring;
+use crate::keys::backend::Backends;
 use crate::lifecycle::executor::Executor;
 use crate::metrics::Metrics;
 use crate::socket::refusals::RefusalGate;
@@ -43,4 +44,6 @@ pub struct Shared {
     pub tokens: Arc<TokenCache>,
     /// The client of token endpoints (`[tokens]`).
     pub upstream: Upstream,
+    /// `software` and the PKCS#11 tokens of `[backends.NAME]`.
+    pub backends: Arc<Backends>,
 }

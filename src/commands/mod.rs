@@ -3,7 +3,9 @@
 //! `remote` commands talk to a running daemon over its socket (through
 //! `client`), `local` ones read files or the store.
 
+mod backend;
 pub mod client;
+mod env_secrets;
 pub mod init;
 mod local;
 mod locate;
@@ -14,13 +16,14 @@ mod simulate;
 
 use std::process::ExitCode;
 
-use crate::cli::{Cli, Command, PolicyCommand, SealCommand};
-use zeroize::Zeroizing;
+pub use env_secrets::EnvSecrets;
+
+use crate::cli::{BackendCommand, Cli, Command, PolicyCommand, SealCommand};
 
 /// Runs the command `cli` names; `Ok` carries the exit code.
-pub async fn run(cli: Cli, master_key_env: Option<Zeroizing<Vec<u8>>>) -> anyhow::Result<ExitCode> {
+pub async fn run(cli: Cli, env_secrets: EnvSecrets) -> anyhow::Result<ExitCode> {
     match &cli.command {
-        Command::Serve { allow_root } => serve::run(&cli, *allow_root, master_key_env).await,
+        Command::Serve { allow_root } => serve::run(&cli, *allow_root, env_secrets).await,
         Command::Init { dir, allow_root } => {
             key_hygiene("init", *allow_root)?;
             let report = init::run(dir)?;
@@ -43,6 +46,12 @@ pub async fn run(cli: Cli, master_key_env: Option<Zeroizing<Vec<u8>>>) -> anyhow
         Command::Policy(PolicyCommand::Check { files }) => local::policy_check(&cli, files),
         Command::Audit(cmd) => remote::audit(&cli, cmd).await,
         Command::Simulate(args) => simulate::run(args).await,
+        Command::Backend(BackendCommand::Check { name }) => {
+            backend::check(&cli, name.as_deref(), env_secrets.pkcs11_pin)
+        }
+        Command::Backend(BackendCommand::Objects { name, json }) => {
+            backend::objects(&cli, name.as_deref(), *json, env_secrets.pkcs11_pin)
+        }
         Command::Seal(SealCommand::RotateMaster { allow_root }) => {
             key_hygiene("seal rotate-master", *allow_root)?;
             let config = locate::load_config(&cli)?;

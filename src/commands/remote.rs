@@ -92,14 +92,15 @@ pub async fn keys(cli: &Cli, cmd: &KeysCommand) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&keys)?);
             } else {
                 println!(
-                    "{:<32} {:<9} {:<20} {:<20} {:<20}",
-                    "KID", "STATE", "PUBLISHED", "ACTIVATES/ED", "RETIRES/ED"
+                    "{:<32} {:<9} {:<10} {:<20} {:<20} {:<20}",
+                    "KID", "STATE", "BACKEND", "PUBLISHED", "ACTIVATES/ED", "RETIRES/ED"
                 );
                 for k in keys {
                     println!(
-                        "{:<32} {:<9} {:<20} {:<20} {:<20}",
+                        "{:<32} {:<9} {:<10} {:<20} {:<20} {:<20}",
                         k.kid,
                         k.state,
+                        k.backend,
                         k.publish_at.unwrap_or_default(),
                         k.activate_at.unwrap_or_else(|| "-".into()),
                         k.retire_at.unwrap_or_else(|| "-".into())

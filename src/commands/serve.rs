@@ -7,31 +7,31 @@ use std::process::ExitCode;
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
-use zeroize::Zeroizing;
 
+use super::env_secrets::EnvSecrets;
 use super::locate::load_config;
 use crate::cli::{Cli, LogFormat};
 use crate::config::policy::Policies;
 use crate::daemon::{Listeners, Parts};
 use crate::http::paths::DEFAULT_SET_PATH;
 
-/// `master_key_env`: the value `JWKSD_MASTER_KEY` had, taken out of the
-/// environment by `main` before any thread started.
+/// `env_secrets`: what `JWKSD_MASTER_KEY` and `JWKSD_PKCS11_PIN` held,
+/// taken out of the environment by `main` before any thread started.
 pub(super) async fn run(
     cli: &Cli,
     allow_root: bool,
-    master_key_env: Option<Zeroizing<Vec<u8>>>,
+    env_secrets: EnvSecrets,
 ) -> anyhow::Result<ExitCode> {
     crate::daemon::hygiene::check_user(allow_root)?;
     crate::daemon::hygiene::harden();
     let config = load_config(cli)?;
     let policies = Policies::load_dir(&config.policies_dir)?;
     let master = crate::keys::seal::MasterKey::load(
-        master_key_env.as_deref().map(Vec::as_slice),
+        env_secrets.master_key.as_deref().map(Vec::as_slice),
         config.master_key_file.as_deref(),
     )
     .context("cannot load the master key ([seal] master_key_file or JWKSD_MASTER_KEY)")?;
-    let parts = Parts::from_config(&config, policies, master).await?;
+    let parts = Parts::from_config(&config, policies, master, env_secrets.pkcs11_pin).await?;
     let socket_path = match &cli.socket {
         Some(p) => p.clone(),
         None => config.server.socket.clone(),

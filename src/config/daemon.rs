@@ -96,6 +96,9 @@ pub struct Config {
     pub policies_dir: PathBuf,
     /// `[tokens]`: how the token broker reaches token endpoints.
     pub tokens: TokensConfig,
+    /// `[backends.NAME]` tables, in name order: key backends a policy may
+    /// name besides the built-in `software`.
+    pub backends: Vec<super::backends::BackendConfig>,
 }
 
 /// `[tokens]`: the token broker's upstream client (DESIGN §6).
@@ -248,6 +251,7 @@ struct RawConfig {
     seal: RawSeal,
     policies: RawPolicies,
     tokens: RawTokens,
+    backends: std::collections::BTreeMap<String, super::backends::RawBackend>,
 }
 
 #[derive(Deserialize, Default)]
@@ -466,6 +470,7 @@ impl Config {
         )?;
 
         let tokens = check_tokens(c, raw.tokens, request_timeout)?;
+        let backends = super::backends::check_backends(c, raw.backends)?;
 
         Ok(Config {
             file: c.file().to_owned(),
@@ -491,6 +496,7 @@ impl Config {
             master_key_file,
             policies_dir,
             tokens,
+            backends,
         })
     }
 }
@@ -827,6 +833,95 @@ mod tests {
             "etc/jwksd.toml: tokens.ca_file = \"\": must not be empty"
         );
         assert!(message(with("", "[tokens]\nretries = 3")).contains("unknown field"));
+    }
+
+    #[test]
+    fn backends_tables_are_loaded_with_defaults_and_relative_paths_resolved() {
+        let c = with(
+            "",
+            "[backends.hsm]\nkind = \"pkcs11\"\nmodule = \"lib/softhsm.so\"\ntoken_label = \"jwksd\"\npin_file = \"hsm.pin\"\n\n[backends.luna]\nkind = \"pkcs11\"\nmodule = \"/usr/lib/libCryptoki2_64.so\"\nslot = 3\nsessions = 8\norphan_grace = \"1h\"",
+        )
+        .unwrap();
+        assert_eq!(c.backends.len(), 2);
+        let hsm = &c.backends[0];
+        assert_eq!(hsm.name, "hsm");
+        assert_eq!(hsm.pkcs11.module, Path::new("etc/lib/softhsm.so"));
+        assert_eq!(
+            hsm.pkcs11.token,
+            crate::config::backends::TokenChoice::Label("jwksd".into())
+        );
+        assert_eq!(
+            hsm.pkcs11.pin_file.as_deref(),
+            Some(Path::new("etc/hsm.pin"))
+        );
+        assert!(hsm.pkcs11.sessions >= 1);
+        assert_eq!(
+            hsm.pkcs11.orphan_grace,
+            crate::config::backends::DEFAULT_ORPHAN_GRACE
+        );
+        let luna = &c.backends[1];
+        assert_eq!(
+            luna.pkcs11.token,
+            crate::config::backends::TokenChoice::Slot(3)
+        );
+        assert_eq!(
+            (luna.pkcs11.sessions, luna.pkcs11.pin_file.clone()),
+            (8, None)
+        );
+        assert_eq!(luna.pkcs11.orphan_grace.as_secs(), 3600);
+        assert!(parse(MIN).unwrap().backends.is_empty());
+    }
+
+    #[test]
+    fn a_bad_backends_table_is_refused_naming_the_field_and_the_rule() {
+        let table = |body: &str| message(with("", &format!("[backends.hsm]\n{body}")));
+        let ok = "kind = \"pkcs11\"\nmodule = \"/m.so\"\n";
+        assert_eq!(
+            table("module = \"/m.so\"\ntoken_label = \"t\""),
+            "etc/jwksd.toml: backends.hsm.kind = (unset): required: kind = \"pkcs11\""
+        );
+        assert_eq!(
+            table("kind = \"kms\"\nmodule = \"/m.so\"\ntoken_label = \"t\""),
+            "etc/jwksd.toml: backends.hsm.kind = \"kms\": must be \"pkcs11\" (the only kind of backend besides the built-in software one)"
+        );
+        assert_eq!(
+            table("kind = \"pkcs11\"\ntoken_label = \"t\""),
+            "etc/jwksd.toml: backends.hsm.module = (unset): required: the path of the token vendor's PKCS#11 library (.so)"
+        );
+        assert_eq!(
+            table(ok),
+            "etc/jwksd.toml: backends.hsm.token_label = (unset): required: token_label (or slot) names the token to use"
+        );
+        assert_eq!(
+            table(&format!("{ok}token_label = \"t\"\nslot = 1")),
+            "etc/jwksd.toml: backends.hsm.token_label = \"t\": set token_label or slot, not both"
+        );
+        assert_eq!(
+            table(&format!("{ok}slot = -1")),
+            format!(
+                "etc/jwksd.toml: backends.hsm.slot = -1: must be between 0 and {}",
+                u64::MAX
+            )
+        );
+        assert_eq!(
+            table(&format!("{ok}token_label = \"t\"\nsessions = 0")),
+            "etc/jwksd.toml: backends.hsm.sessions = 0: must be between 1 and 256"
+        );
+        assert!(
+            table(&format!("{ok}token_label = \"t\"\norphan_grace = \"soon\"")).starts_with(
+                "etc/jwksd.toml: backends.hsm.orphan_grace = \"soon\": not a duration"
+            )
+        );
+        assert!(
+            table(&format!("{ok}token_label = \"t\"\npin = \"1234\"")).contains("unknown field")
+        );
+        assert_eq!(
+            message(with(
+                "",
+                &format!("[backends.software]\n{ok}token_label = \"t\"")
+            )),
+            "etc/jwksd.toml: backends = [backends.software]: a backend name is 1 to 63 characters of a-z, 0-9 and '_', and not \"software\" (the built-in backend)"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! Owns: parsing and validating. Does not own: acting on the values (the
 //! daemon wires them, the lifecycle schedules from them).
 
+pub mod backends;
 pub mod check;
 pub mod daemon;
 pub mod live;

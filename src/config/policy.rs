@@ -26,6 +26,16 @@ use crate::types::{Alg, SetName, Span};
 
 /// Default `algorithms`: both, RS384 first (so `sign` defaults to RS384).
 pub const DEFAULT_ALGORITHMS: [Alg; 2] = Alg::ALL;
+/// The backend of a policy that names none: keys sealed in the store.
+pub const SOFTWARE_BACKEND: &str = "software";
+
+/// Whether `name` can name a backend: the shape of a set name (1 to 63
+/// characters of a-z, 0-9 and '_'), so it reads the same in a policy, a
+/// `[backends.NAME]` table, a log line and a metric label.
+pub fn is_backend_name(name: &str) -> bool {
+    crate::types::SetName::new(name).is_ok()
+}
+
 /// Default `rsa_bits`.
 pub const DEFAULT_RSA_BITS: u32 = 4096;
 /// RSA modulus sizes aws-lc-rs can generate; `rsa_bits` must be one of them.
@@ -220,6 +230,11 @@ pub struct Policy {
     pub algorithms: Vec<Alg>,
     /// `rsa_bits`: default 4096; one of 2048, 3072, 4096, 8192.
     pub rsa_bits: u32,
+    /// `backend`: where new keys of this set are generated and held:
+    /// `software` (the default: sealed in the store) or the name of a
+    /// `[backends.NAME]` table of `jwksd.toml` (checked when the daemon
+    /// loads the policy: a policy file alone does not know the config).
+    pub backend: String,
     /// `rotate` + `timezone`, or `rotate_every`.
     pub schedule: Schedule,
     /// `publish_ahead`: default 2d; >= `jwks_max_age`.
@@ -244,6 +259,7 @@ struct RawPolicy {
     name: Option<String>,
     algorithms: Option<Vec<String>>,
     rsa_bits: Option<i64>,
+    backend: Option<String>,
     rotate: Option<String>,
     rotate_every: Option<String>,
     timezone: Option<String>,
@@ -401,6 +417,18 @@ impl Policy {
             },
         };
 
+        let backend = match raw.backend.as_deref() {
+            None => SOFTWARE_BACKEND.to_owned(),
+            Some(b) if is_backend_name(b) => b.to_owned(),
+            Some(b) => {
+                return Err(c.err(
+                    "backend",
+                    format!("{b:?}"),
+                    "must be \"software\" or the name of a [backends.NAME] table of jwksd.toml (1 to 63 characters of a-z, 0-9 and '_')",
+                ));
+            }
+        };
+
         let tz = match raw.timezone.as_deref() {
             None => DEFAULT_TIMEZONE,
             Some(name) => name.parse::<Tz>().map_err(|_| {
@@ -499,6 +527,7 @@ impl Policy {
             name,
             algorithms,
             rsa_bits,
+            backend,
             schedule,
             publish_ahead,
             grace,
@@ -917,6 +946,36 @@ impl Policies {
         self.sets.values()
     }
 
+    /// Refuses a policy whose `backend` is neither `software` nor one of
+    /// `configured` (the `[backends.NAME]` tables of `jwksd.toml`), naming
+    /// the policy file: a policy file alone cannot know the config, so the
+    /// daemon checks this when it loads or reloads the policies.
+    pub fn check_backends(&self, configured: &[&str]) -> Result<(), PolicyError> {
+        let mut errors: Vec<PolicyError> = self
+            .iter()
+            .filter(|p| p.backend != SOFTWARE_BACKEND && !configured.contains(&p.backend.as_str()))
+            .map(|p| {
+                let known = if configured.is_empty() {
+                    "jwksd.toml has no [backends.NAME] table".to_owned()
+                } else {
+                    format!("jwksd.toml defines {}", configured.join(", "))
+                };
+                PolicyError::Invalid(Checker::new(&p.file).err(
+                    "backend",
+                    format!("{:?}", p.backend),
+                    format!(
+                        "no such backend: must be \"software\" or a [backends.NAME] table ({known})"
+                    ),
+                ))
+            })
+            .collect();
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(PolicyError::Many(errors)),
+        }
+    }
+
     /// Every policy's [`Policy::warnings`], in set name order.
     pub fn warnings(&self) -> Vec<String> {
         self.writable
@@ -1127,6 +1186,35 @@ mod tests {
         assert_eq!(
             with("algorithms = [\"ES384\"]\n").unwrap().algorithms,
             vec![Alg::Es384]
+        );
+    }
+
+    #[test]
+    fn a_policy_naming_a_backend_the_config_does_not_define_is_refused_naming_its_file() {
+        let on_hsm = Policies::from_policies(vec![with("backend = \"hsm\"\n").unwrap()]).unwrap();
+        assert!(on_hsm.check_backends(&["hsm"]).is_ok());
+        assert_eq!(
+            on_hsm.check_backends(&[]).unwrap_err().to_string(),
+            "policies/x.toml: backend = \"hsm\": no such backend: must be \"software\" or a [backends.NAME] table (jwksd.toml has no [backends.NAME] table)"
+        );
+        assert_eq!(
+            on_hsm
+                .check_backends(&["luna", "yubi"])
+                .unwrap_err()
+                .to_string(),
+            "policies/x.toml: backend = \"hsm\": no such backend: must be \"software\" or a [backends.NAME] table (jwksd.toml defines luna, yubi)"
+        );
+        let software = Policies::from_policies(vec![with("").unwrap()]).unwrap();
+        assert!(software.check_backends(&[]).is_ok());
+    }
+
+    #[test]
+    fn backend_defaults_to_software_and_must_be_a_name() {
+        assert_eq!(with("").unwrap().backend, "software");
+        assert_eq!(with("backend = \"hsm_1\"\n").unwrap().backend, "hsm_1");
+        assert_eq!(
+            message(with("backend = \"HSM/1\"\n")),
+            "policies/x.toml: backend = \"HSM/1\": must be \"software\" or the name of a [backends.NAME] table of jwksd.toml (1 to 63 characters of a-z, 0-9 and '_')"
         );
     }
 

@@ -13,17 +13,26 @@ use super::{Listeners, Parts};
 use crate::config::daemon::{Config, ServerConfig};
 use crate::config::policy::Policies;
 use crate::http::paths::PublicUrl;
+use crate::keys::backend::Backends;
 use crate::keys::seal::MasterKey;
+use zeroize::Zeroizing;
 
 impl Parts {
-    /// TLS certificate and store from `config`, with the system clock and
-    /// the software key source, around the `policies` and `master` key the
-    /// caller loaded; errors name the setting at fault.
+    /// TLS certificate, store and key backends from `config`, with the
+    /// system clock, around the `policies` and `master` key the caller
+    /// loaded; `pkcs11_pin_env` is what `JWKSD_PKCS11_PIN` held. Errors
+    /// name the setting at fault.
     pub async fn from_config(
         config: &Config,
         policies: Policies,
         master: MasterKey,
+        pkcs11_pin_env: Option<Zeroizing<Vec<u8>>>,
     ) -> anyhow::Result<Parts> {
+        let backends = Arc::new(Backends::from_config(
+            config,
+            pkcs11_pin_env.as_deref().map(Vec::as_slice),
+        )?);
+        policies.check_backends(&backends.names())?;
         let tls = match (&config.server.tls_cert, &config.server.tls_key) {
             (Some(cert), Some(key)) => Some(Arc::new(
                 crate::http::tls::CertStore::load(cert, key)
@@ -40,7 +49,7 @@ impl Parts {
             policies,
             policies_dir: config.policies_dir.clone(),
             clock: Arc::new(crate::clock::GuardedClock::system()),
-            keygen: Arc::new(crate::keys::source::AwsLcKeys),
+            backends,
             public_url: PublicUrl::new(&config.server.public_url),
             audit_spool: Some(config.audit_spool.clone()),
             audit_retention: config.audit_retention,

@@ -5,6 +5,7 @@
 //! and a temporary socket.
 
 mod assemble;
+mod backends_watch;
 pub mod hygiene;
 mod reload;
 mod ticker;
@@ -25,8 +26,8 @@ use crate::config::policy::Policies;
 use crate::http::paths::PublicUrl;
 use crate::http::tls::{CertStore, Tls};
 use crate::keyring::Keyring;
+use crate::keys::backend::Backends;
 use crate::keys::seal::MasterKey;
-use crate::keys::source::KeySource;
 use crate::lifecycle::executor::Executor;
 use crate::metrics::Metrics;
 use crate::net::{self, Limits, Plain};
@@ -53,7 +54,9 @@ pub struct Parts {
     /// Where `reload` reads policies from.
     pub policies_dir: PathBuf,
     pub clock: Arc<dyn Clock>,
-    pub keygen: Arc<dyn KeySource>,
+    /// Where private halves are made and kept: `software` and the tokens
+    /// of `[backends.NAME]`.
+    pub backends: Arc<Backends>,
     pub public_url: PublicUrl,
     /// Where audit records wait while the store is down.
     pub audit_spool: Option<PathBuf>,
@@ -134,7 +137,7 @@ pub async fn run(
         lifecycle: Arc::new(Executor::new(
             parts.store.clone(),
             parts.master.clone(),
-            parts.keygen,
+            parts.backends.clone(),
             parts.clock.clone(),
             policies.clone(),
         )),
@@ -142,6 +145,7 @@ pub async fn run(
             parts.store.clone(),
             policies.clone(),
             parts.master.clone(),
+            parts.backends.clone(),
             metrics.store_errors.clone(),
         )),
         policies,
@@ -154,6 +158,7 @@ pub async fn run(
         refusals,
         tokens,
         upstream,
+        backends: parts.backends.clone(),
     };
     // Existing keys are served at once; a first start serves 503 until the
     // first tick has generated them.
@@ -178,6 +183,11 @@ pub async fn run(
         shared.clock.clone(),
         shutdown.clone(),
     ));
+    let watch = tokio::spawn(backends_watch::watch(
+        shared.backends.clone(),
+        shared.metrics.clone(),
+        shutdown.clone(),
+    ));
     hygiene::notify_ready();
     let head_log = tokio::spawn(crate::audit::upgrade::log_head_every(
         shared.store.clone(),
@@ -189,6 +199,7 @@ pub async fn run(
         tls: parts.tls.clone(),
         policies_dir: parts.policies_dir,
         audit_retention: parts.audit_retention,
+        orphans: Default::default(),
     };
     follow.run(reload, shutdown).await;
     hygiene::notify_stopping();
@@ -196,6 +207,7 @@ pub async fn run(
     servers.wait().await;
     // The servers are done refusing: what is left to summarise is final.
     let _ = sweep.await;
+    let _ = watch.await;
     refusals::flush(&shared.refusals, &shared.auditor, shared.clock.as_ref()).await;
     // The audit writer ends when its last handle is gone: the servers'
     // router states went with them, this is the last.

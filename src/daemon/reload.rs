@@ -10,7 +10,11 @@ use crate::state::Shared;
 /// Reloads the policies from `dir` into `shared.policies`, audited either way.
 pub(super) async fn reload_policies(shared: &Shared, dir: &Path) {
     let mut record = entry(shared.clock.now(), "reload", "ok");
-    match Policies::load_dir(dir) {
+    let loaded = Policies::load_dir(dir).and_then(|new| {
+        new.check_backends(&shared.backends.names())?;
+        Ok(new)
+    });
+    match loaded {
         Err(e) => {
             tracing::error!(error = %e, "policy reload refused; keeping the policies in force");
             record.outcome = "refused".into();

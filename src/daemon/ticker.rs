@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::reload::reload_policies;
 use crate::audit::chain::entry;
 use crate::http::tls::CertStore;
+use crate::lifecycle::orphans::OrphanSweep;
 use crate::state::Shared;
 use crate::types::Span;
 
@@ -25,6 +26,10 @@ pub const TICK: Duration = Duration::from_secs(2);
 const LEASE_TTL_S: u32 = 15;
 /// How often the lease holder applies the audit retention.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How often the lease holder sweeps the tokens for orphan objects: often
+/// enough that `orphan_grace` is kept to within this, rarely enough that
+/// listing a network HSM's objects costs nothing.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Longest wait between retries of a failing tick.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -37,6 +42,8 @@ pub(super) struct Ticker {
     pub policies_dir: PathBuf,
     /// Audit records older than this are pruned by the lease holder.
     pub audit_retention: Option<Span>,
+    /// Token objects no key may hold (the lease holder sweeps them).
+    pub orphans: OrphanSweep,
 }
 
 /// This replica's part in the lease, and when its next works are due.
@@ -46,6 +53,7 @@ struct LeaseState {
     backoff: Duration,
     next_tick: Instant,
     next_prune: Instant,
+    next_sweep: Instant,
 }
 
 impl Ticker {
@@ -60,6 +68,7 @@ impl Ticker {
             backoff: TICK,
             next_tick: now,
             next_prune: now,
+            next_sweep: now,
         };
         loop {
             if let Some(certs) = &self.tls {
@@ -69,6 +78,7 @@ impl Ticker {
             if lease.leader {
                 self.tick_if_due(&mut lease).await;
                 self.prune_if_due(&mut lease).await;
+                self.sweep_if_due(&mut lease).await;
             }
             self.follow_store().await;
             tokio::select! {
@@ -136,6 +146,43 @@ impl Ticker {
             }
         }
         lease.next_tick = Instant::now() + lease.backoff;
+    }
+
+    /// The orphan sweep of the tokens (`lifecycle::orphans`): at the first
+    /// pass as lease holder (so at start), then every [`SWEEP_EVERY`], or
+    /// every shortest `orphan_grace` if that is shorter.
+    async fn sweep_if_due(&self, lease: &mut LeaseState) {
+        let shared = &self.shared;
+        let Some(shortest_grace) = shared.backends.tokens_with_grace().map(|(_, g)| g).min() else {
+            return;
+        };
+        if Instant::now() < lease.next_sweep {
+            return;
+        }
+        lease.next_sweep = Instant::now() + SWEEP_EVERY.min(shortest_grace).max(TICK);
+        let sets: Vec<_> = shared
+            .policies
+            .current()
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        let now = shared.clock.now();
+        for (backend, report) in self
+            .orphans
+            .sweep(&shared.backends, shared.store.as_ref(), &sets, now)
+            .await
+        {
+            for label in report.destroyed {
+                let mut record = entry(now, "destroy", "ok");
+                record.kid = Some(label);
+                record.detail = Some(format!(
+                    "backend {backend}: token object no key may hold, destroyed by the orphan sweep"
+                ));
+                if let Err(e) = shared.auditor.record(record).await {
+                    tracing::error!(error = %e, "orphan destruction not audited");
+                }
+            }
+        }
     }
 
     async fn prune_if_due(&self, lease: &mut LeaseState) {

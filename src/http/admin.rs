@@ -1,5 +1,6 @@
 //! The admin listener: `/healthz` (the process is up), `/readyz` (every set
-//! has an active key for each of its algorithms and the store answers),
+//! has an active key for each of its algorithms, every key backend is
+//! connected, and the store answers),
 //! `/metrics` (Prometheus text) and `/status` (an HTML page for people).
 
 use std::sync::Arc;
@@ -14,6 +15,8 @@ use crate::clock::Clock;
 use crate::config::live::LivePolicies;
 use crate::config::policy::Policy;
 use crate::keyring::Keyring;
+use crate::keys::backend::Backends;
+use crate::keys::pkcs11::Health;
 use crate::metrics::Metrics;
 use crate::state::Shared;
 use crate::store::Store;
@@ -26,6 +29,7 @@ struct AdminState {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
+    backends: Arc<Backends>,
 }
 
 /// The admin router.
@@ -36,6 +40,7 @@ pub fn router(shared: &Shared) -> Router {
         store: shared.store.clone(),
         metrics: shared.metrics.clone(),
         clock: shared.clock.clone(),
+        backends: shared.backends.clone(),
     };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -57,6 +62,27 @@ async fn readyz(State(state): State<AdminState>) -> Response {
             if !has {
                 problems.push(format!("set {} has no active {alg} key", policy.name));
             }
+        }
+    }
+    let policies = state.policies.current();
+    for token in state.backends.tokens() {
+        if let Health::Down { reason, since } = token.health() {
+            let sets: Vec<&str> = policies
+                .iter()
+                .filter(|p| p.backend == token.name())
+                .map(|p| p.name.as_str())
+                .collect();
+            let since = chrono::DateTime::<chrono::Utc>::from(since)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            problems.push(format!(
+                "backend {} is down since {since}: {reason} (signing answers 503 for sets: {})",
+                token.name(),
+                if sets.is_empty() {
+                    "none".to_owned()
+                } else {
+                    sets.join(", ")
+                }
+            ));
         }
     }
     if let Err(e) = state.store.ping().await {

@@ -1,19 +1,12 @@
-//! What key material looks like outside the crypto backend: the public
-//! half of a key, a freshly generated key, and why a key operation failed.
+//! What key material looks like outside the crypto backend: a freshly
+//! generated key and why a key operation failed (the public half has its
+//! own module, `public`, which every backend shares).
 
 use std::fmt;
 
+pub use super::public::{EC_COORD_LEN, ES384_SIGNATURE_LEN, PublicKey, RSA_BITS};
 use super::secret::SecretBytes;
 use crate::types::{Alg, Kid};
-
-/// Length in bytes of one P-384 coordinate (and of `r` and `s`).
-pub const EC_COORD_LEN: usize = 48;
-
-/// Length in bytes of an ES384 JOSE signature (`r || s`).
-pub const ES384_SIGNATURE_LEN: usize = 2 * EC_COORD_LEN;
-
-/// RSA modulus sizes [`generate`](super::signing::generate) accepts, in bits.
-pub const RSA_BITS: [u32; 4] = [2048, 3072, 4096, 8192];
 
 /// Why a key operation failed. Messages name the algorithm or kid and the
 /// backend's static reason; they never contain key bytes.
@@ -56,34 +49,49 @@ pub enum KeyError {
     /// The system random number generator failed.
     #[error("the system random number generator failed")]
     Random,
+    /// A policy names a backend that is not configured.
+    #[error("no key backend named {0:?} is configured ([backends.NAME] in jwksd.toml)")]
+    UnknownBackend(String),
+    /// A PKCS#11 token failed or is out of reach (the message names the
+    /// backend and the token's return code).
+    #[error(transparent)]
+    Token(#[from] super::pkcs11::Pkcs11Error),
+    /// The store lets a key of this token sign, but the token holds no
+    /// private object under its kid: the token was swapped or reset, its
+    /// storage is gone, or the object was destroyed outside jwksd.
+    /// Signing answers 503 and tries again on the next request (the
+    /// object is never recreated: a new key comes only from a rotation).
+    #[error(
+        "backend {backend:?}: the token holds no private key for {kid} (token replaced or reset, its storage gone, or the object destroyed outside jwksd)"
+    )]
+    TokenKeyMissing {
+        /// The backend's name.
+        backend: String,
+        /// Kid of the key.
+        kid: Kid,
+    },
+    /// A token's signature did not verify against the key published under
+    /// its kid: the token holds another key under that id, or faulted.
+    #[error(
+        "backend {backend:?}: the signature of {kid} does not verify against its published key; not using it (does the token hold another object under this id?)"
+    )]
+    TokenMismatch {
+        /// The backend's name.
+        backend: String,
+        /// Kid of the key.
+        kid: Kid,
+    },
 }
 
-/// The public half of a key, as raw big-endian integers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PublicKey {
-    /// RSA modulus `n` and public exponent `e`, big-endian without leading
-    /// zero bytes.
-    Rsa {
-        /// Modulus.
-        n: Vec<u8>,
-        /// Public exponent.
-        e: Vec<u8>,
-    },
-    /// A P-384 point, affine coordinates, big-endian, fixed 48 bytes each.
-    Ec384 {
-        /// X coordinate.
-        x: [u8; EC_COORD_LEN],
-        /// Y coordinate.
-        y: [u8; EC_COORD_LEN],
-    },
-}
-
-impl PublicKey {
-    /// The algorithm this key verifies: RSA keys are RS384, P-384 keys ES384.
-    pub fn alg(&self) -> Alg {
+impl KeyError {
+    /// Whether the key's backend is out of reach for now (a token absent,
+    /// logged out or failing): signing answers 503 and resumes by itself
+    /// once the backend is back.
+    pub fn is_unavailable(&self) -> bool {
         match self {
-            PublicKey::Rsa { .. } => Alg::Rs384,
-            PublicKey::Ec384 { .. } => Alg::Es384,
+            KeyError::Token(e) => e.is_unavailable(),
+            KeyError::TokenKeyMissing { .. } => true,
+            _ => false,
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Key material: generation and signing ([`SigningKey`], the aws-lc-rs
-//! backend in `aws_lc`), where new keys come from ([`source`]), sealing
+//! backend in `aws_lc`), keys kept in a PKCS#11 token ([`pkcs11`]), where
+//! private halves live and which backend makes a key ([`backend`]), sealing
 //! private halves under the master key ([`seal`]) and the one container for
-//! secret bytes ([`secret`]); keys kept in a PKCS#11 token ([`pkcs11`]).
-//! Nothing outside this folder names the crypto backend.
+//! secret bytes ([`secret`]). Nothing outside this folder names the crypto
+//! backend.
 //!
 //! Owns: generating RS384 (RSA) and ES384 (P-384) keys as PKCS#8, parsing a
 //! PKCS#8 key once into a [`SigningKey`], producing JOSE signature bytes, and
@@ -13,12 +14,14 @@
 //! `aws_lc` submodule.
 
 mod aws_lc;
+pub mod backend;
 pub mod material;
+pub mod owner_file;
 pub mod pkcs11;
+pub mod public;
 pub mod seal;
 pub mod secret;
 pub mod signing;
-pub mod source;
 
 pub use material::{
     EC_COORD_LEN, ES384_SIGNATURE_LEN, GeneratedKey, KeyError, PublicKey, RSA_BITS,

@@ -2,9 +2,11 @@
 //! (`aws_lc`), whose types never appear in these signatures.
 
 use std::fmt;
+use std::sync::Arc;
 
 use super::aws_lc;
 use super::material::{ES384_SIGNATURE_LEN, GeneratedKey, KeyError, PublicKey};
+use super::pkcs11::{Pkcs11Error, Pkcs11Token};
 use super::secret::SecretBytes;
 use crate::types::{Alg, Kid};
 
@@ -32,15 +34,23 @@ pub fn generate(alg: Alg, rsa_bits: u32) -> Result<GeneratedKey, KeyError> {
     Ok(GeneratedKey { alg, pkcs8, public })
 }
 
-/// A private key parsed once from PKCS#8, ready to sign many times.
+/// A key ready to sign many times: a private key parsed once from PKCS#8
+/// (software), or a key object in a PKCS#11 token.
 ///
-/// `Debug` prints only `SigningKey { alg, kid }`. The backend zeroizes the
-/// parsed key material when this value is dropped.
+/// `Debug` prints only `SigningKey { alg, kid, backend }`. aws-lc-rs
+/// zeroizes parsed key material when this value is dropped; a token key
+/// never leaves its token.
 pub struct SigningKey {
     alg: Alg,
     kid: Kid,
     public: PublicKey,
-    inner: aws_lc::Inner,
+    inner: Held,
+}
+
+/// Where the private half of a [`SigningKey`] is.
+enum Held {
+    Software(aws_lc::Inner),
+    Token(Arc<Pkcs11Token>),
 }
 
 impl SigningKey {
@@ -54,9 +64,39 @@ impl SigningKey {
                 alg,
                 kid,
                 public,
-                inner,
+                inner: Held::Software(inner),
             }),
             Err(reason) => Err(KeyError::InvalidPkcs8 { alg, kid, reason }),
+        }
+    }
+
+    /// The key object `kid` of `token`, which publishes `public` (the JWK
+    /// the store holds). Nothing is asked of the token here, so a token
+    /// that is down does not keep the JWKS from being served; every
+    /// signature it makes is checked against `public` before it is used.
+    pub fn in_token(alg: Alg, kid: Kid, public: PublicKey, token: Arc<Pkcs11Token>) -> Self {
+        SigningKey {
+            alg,
+            kid,
+            public,
+            inner: Held::Token(token),
+        }
+    }
+
+    /// Whether a signature is cheap enough to make on an async runtime
+    /// thread: a software P-384 signature (tens of microseconds). RSA and
+    /// every token call block for milliseconds and belong on the signing
+    /// threads.
+    pub fn signs_inline(&self) -> bool {
+        matches!((&self.inner, self.alg), (Held::Software(_), Alg::Es384))
+    }
+
+    /// The backend holding the private half: `software`, or the name of
+    /// the token's `[backends.NAME]` table.
+    pub fn backend(&self) -> &str {
+        match &self.inner {
+            Held::Software(_) => crate::config::policy::SOFTWARE_BACKEND,
+            Held::Token(token) => token.name(),
         }
     }
 
@@ -78,11 +118,37 @@ impl SigningKey {
     /// JOSE signature bytes over `message`: for RS384, RSASSA-PKCS1-v1_5 with
     /// SHA-384 (modulus length, e.g. 512 bytes for RSA-4096); for ES384,
     /// ECDSA P-384 with SHA-384 as `r || s`, always 96 bytes, never DER.
+    ///
+    /// A token's signature is verified against the published public key
+    /// before it is returned: a token that signs with another object than
+    /// the store names, or a faulty RSA-CRT signature (which can reveal the
+    /// private key), never leaves. Verifying costs a few percent of a
+    /// token signature.
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         let sign_error = || KeyError::Sign {
             kid: self.kid.clone(),
         };
-        let sig = aws_lc::sign(&self.inner, message).map_err(|_| sign_error())?;
+        let sig = match &self.inner {
+            Held::Software(inner) => aws_lc::sign(inner, message).map_err(|_| sign_error())?,
+            Held::Token(token) => {
+                let sig = token
+                    .sign(&self.kid, self.alg, message)
+                    .map_err(|e| match e {
+                        Pkcs11Error::KeyNotFound { .. } => KeyError::TokenKeyMissing {
+                            backend: token.name().to_owned(),
+                            kid: self.kid.clone(),
+                        },
+                        other => KeyError::Token(other),
+                    })?;
+                if !aws_lc::verify(&self.public, message, &sig) {
+                    return Err(KeyError::TokenMismatch {
+                        backend: token.name().to_owned(),
+                        kid: self.kid.clone(),
+                    });
+                }
+                sig
+            }
+        };
         if self.alg == Alg::Es384 && sig.len() != ES384_SIGNATURE_LEN {
             return Err(sign_error());
         }
@@ -95,6 +161,7 @@ impl fmt::Debug for SigningKey {
         f.debug_struct("SigningKey")
             .field("alg", &self.alg)
             .field("kid", &self.kid)
+            .field("backend", &self.backend())
             .finish()
     }
 }

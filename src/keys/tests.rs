@@ -281,7 +281,7 @@ fn debug_output_of_keys_holds_no_key_bytes() {
         assert_eq!(
             format!("{key:?}"),
             format!(
-                "SigningKey {{ alg: {:?}, kid: {:?} }}",
+                "SigningKey {{ alg: {:?}, kid: {:?}, backend: \"software\" }}",
                 key.alg(),
                 key.kid()
             )

@@ -22,8 +22,8 @@ use crate::config::live::LivePolicies;
 use crate::config::policy::Policy;
 use crate::jose::{Jwk, thumbprint};
 use crate::keys::KeyError;
+use crate::keys::backend::{KeyBackends, PrivateHalf};
 use crate::keys::seal::MasterKey;
-use crate::keys::source::KeySource;
 use crate::store::{Store, StoreError};
 use crate::types::{Alg, KeyState, Kid, SetName};
 use crate::workers::background;
@@ -108,7 +108,7 @@ const MAX_ROUNDS: usize = 16;
 pub struct Executor {
     store: Arc<dyn Store>,
     master: Arc<MasterKey>,
-    keygen: Arc<dyn KeySource>,
+    backends: Arc<dyn KeyBackends>,
     clock: Arc<dyn Clock>,
     policies: LivePolicies,
     /// One lifecycle operation at a time in this process; across replicas
@@ -120,14 +120,14 @@ impl Executor {
     pub fn new(
         store: Arc<dyn Store>,
         master: Arc<MasterKey>,
-        keygen: Arc<dyn KeySource>,
+        backends: Arc<dyn KeyBackends>,
         clock: Arc<dyn Clock>,
         policies: LivePolicies,
     ) -> Self {
         Executor {
             store,
             master,
-            keygen,
+            backends,
             clock,
             policies,
             lock: tokio::sync::Mutex::new(()),
@@ -341,34 +341,42 @@ impl Executor {
         Ok(())
     }
 
-    /// Generates the key planned as `new` (on a low-priority thread: see
-    /// `workers::background`), seals it, and returns its row as of now.
+    /// Generates the key planned as `new` in the policy's backend (on a
+    /// low-priority thread: see `workers::background`), seals it if it is
+    /// a software key, and returns its row as of now.
     async fn generate(&self, policy: &Policy, new: &NewKey) -> Result<StoredKey, LifecycleError> {
-        let keygen = self.keygen.clone();
-        let (alg, bits) = (new.alg, policy.rsa_bits);
-        let generated =
-            background::run_low_priority("jwksd-keygen", move || keygen.generate(alg, bits))
-                .await
-                .map_err(|e| LifecycleError::Join(e.to_string()))??;
-        let kid = Kid::build(
-            &policy.name,
-            alg,
-            new.version,
-            &thumbprint(&generated.public),
-        );
-        let jwk = Jwk::from_public(&kid, alg, &generated.public);
+        let backends = self.backends.clone();
+        let (alg, bits, version) = (new.alg, policy.rsa_bits, new.version);
+        let (set, backend) = (policy.name.clone(), policy.backend.clone());
+        let made = background::run_low_priority("jwksd-keygen", move || {
+            let kid_for = |public: &crate::keys::PublicKey| {
+                Kid::build(&set, alg, version, &thumbprint(public))
+            };
+            backends.generate(&backend, alg, bits, &kid_for)
+        })
+        .await
+        .map_err(|e| LifecycleError::Join(e.to_string()))??;
+        let jwk = Jwk::from_public(&made.kid, alg, &made.public);
         let public_jwk =
             serde_json::to_string(&jwk).map_err(|e| LifecycleError::Seal(e.to_string()))?;
-        let sealed_private = self
-            .master
-            .seal(&kid, &generated.pkcs8)
-            .map_err(|e| LifecycleError::Seal(e.to_string()))?;
+        let (sealed_private, backend_ref) = match &made.private {
+            PrivateHalf::Pkcs8(pkcs8) => {
+                let sealed = self
+                    .master
+                    .seal(&made.kid, pkcs8)
+                    .map_err(|e| LifecycleError::Seal(e.to_string()))?;
+                (Some(sealed), None)
+            }
+            PrivateHalf::InToken { reference } => (None, Some(reference.clone())),
+        };
         // Time is read after generation: the key is published from the
         // moment it is committed, and rule 1 counts from then.
         let row = GeneratedRow {
-            kid,
+            kid: made.kid,
             public_jwk,
             sealed_private,
+            backend: policy.backend.clone(),
+            backend_ref,
         };
         Ok(plan::new_key(policy, new, row, self.clock.now()))
     }
@@ -388,6 +396,13 @@ impl Executor {
         let applied = self.store.apply(&change).await?;
         if let Applied::Stale(why) = &applied {
             tracing::debug!(?change, %why, "transition already done elsewhere");
+            // A key made for an insert that lost its race is nobody's: a
+            // token object must not outlive it.
+            if let Change::Insert(k) = &change
+                && k.backend_ref.is_some()
+            {
+                self.destroy_private(&k.backend, &k.kid).await;
+            }
             return Ok(applied);
         }
         let Some((set, alg)) = change.target(keys) else {
@@ -395,6 +410,15 @@ impl Executor {
         };
         let happened = change.events(&applied);
         let after = self.set_keys(&set).await?;
+        for (kind, kid) in &happened {
+            // The store forgot the private half in the transaction just
+            // committed; a token still holds it until it is destroyed.
+            if matches!(kind, EventKind::Deactivated | EventKind::Revoked)
+                && let Some(k) = after.iter().find(|k| &k.kid == kid)
+            {
+                self.destroy_private(&k.backend, kid).await;
+            }
+        }
         let at = self.clock.now();
         for (kind, kid) in happened {
             log_event(kind, &kid, &set, alg, &change, cause);
@@ -408,6 +432,29 @@ impl Executor {
             });
         }
         Ok(applied)
+    }
+
+    /// Destroys `kid`'s private half in `backend` (a no-op for software:
+    /// the store erased it). A token that fails now leaves the object to
+    /// the orphan sweep, which destroys every object of a key the store no
+    /// longer lets sign.
+    async fn destroy_private(&self, backend: &str, kid: &Kid) {
+        let backends = self.backends.clone();
+        let (backend, kid) = (backend.to_owned(), kid.clone());
+        let job = {
+            let (backend, kid) = (backend.clone(), kid.clone());
+            tokio::task::spawn_blocking(move || backends.destroy(&backend, &kid))
+        };
+        match job.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(
+                %kid, %backend, error = %e,
+                "could not destroy the private half in its backend now; the orphan sweep retries"
+            ),
+            Err(e) => {
+                tracing::warn!(%kid, %backend, error = %e, "destroying the private half failed")
+            }
+        }
     }
 
     async fn set_keys(&self, set: &SetName) -> Result<Vec<StoredKey>, LifecycleError> {

@@ -86,6 +86,8 @@ mod tests {
             state: KeyState::Active,
             public_jwk: String::new(),
             sealed_private: None,
+            backend: "software".into(),
+            backend_ref: None,
             created_at: published,
             publish_at: published,
             activate_at: None,

@@ -8,11 +8,13 @@
 //! - [`executor`]: the one path every change takes (ticks, `rotate`,
 //!   `rotate --now`, `revoke`, a reschedule after a reload), emitting events;
 //! - [`handover`]: what an emergency hand-over means for caching verifiers;
+//! - [`orphans`]: token objects that no key may hold any more;
 //! - [`simulate`]: the same code on a simulated clock (`jwksd simulate`).
 
 pub mod executor;
 pub mod handover;
 pub mod model;
+pub mod orphans;
 pub mod plan;
 pub mod schedule;
 pub mod simulate;

@@ -102,13 +102,18 @@ pub fn activation(
     }
 }
 
-/// The public and sealed halves of a freshly generated key.
+/// The public half of a freshly generated key, and where its private half
+/// is: sealed here, or held in a backend under a reference.
 pub struct GeneratedRow {
     pub kid: Kid,
     /// The public JWK as published (JSON text).
     pub public_jwk: String,
-    /// The sealed private half.
-    pub sealed_private: Vec<u8>,
+    /// The sealed private half (the `software` backend).
+    pub sealed_private: Option<Vec<u8>>,
+    /// The backend that made the key (`software` or a `[backends.NAME]`).
+    pub backend: String,
+    /// The token object's reference (CKA_ID), for a key held in a token.
+    pub backend_ref: Option<String>,
 }
 
 /// The stored row of the key planned as `new`, generated and committed
@@ -128,7 +133,9 @@ pub fn new_key(
         version: new.version,
         state: new.state,
         public_jwk: generated.public_jwk,
-        sealed_private: Some(generated.sealed_private),
+        sealed_private: generated.sealed_private,
+        backend: generated.backend,
+        backend_ref: generated.backend_ref,
         created_at: published_at,
         publish_at: published_at,
         activate_at: Some(activation(

@@ -15,10 +15,10 @@ use super::model::{Event, StoredKey};
 use crate::clock::{Clock, ManualClock};
 use crate::config::live::LivePolicies;
 use crate::config::policy::{Policies, Policy};
+use crate::keys::backend::{KeyBackends, MadeKey, PrivateHalf};
 use crate::keys::seal::MasterKey;
 use crate::keys::secret::SecretBytes;
-use crate::keys::source::KeySource;
-use crate::keys::{GeneratedKey, KeyError, PublicKey};
+use crate::keys::{KeyError, PublicKey};
 use crate::store::{SqliteStore, Store};
 use crate::types::{Alg, KeyState};
 
@@ -26,8 +26,17 @@ use crate::types::{Alg, KeyState};
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SimulatedKeys;
 
-impl KeySource for SimulatedKeys {
-    fn generate(&self, alg: Alg, rsa_bits: u32) -> Result<GeneratedKey, KeyError> {
+/// Every policy's keys are made here, whatever its `backend` says: a
+/// simulation needs no token, and its timeline is the same for every
+/// backend (DESIGN §5).
+impl KeyBackends for SimulatedKeys {
+    fn generate(
+        &self,
+        _backend: &str,
+        alg: Alg,
+        rsa_bits: u32,
+        kid_for: &dyn Fn(&PublicKey) -> crate::types::Kid,
+    ) -> Result<MadeKey, KeyError> {
         let public = match alg {
             Alg::Rs384 => {
                 let mut n = vec![0u8; (rsa_bits / 8) as usize];
@@ -46,11 +55,17 @@ impl KeySource for SimulatedKeys {
                 PublicKey::Ec384 { x, y }
             }
         };
-        Ok(GeneratedKey {
-            alg,
-            pkcs8: SecretBytes::new(b"simulated key: no private half".to_vec()),
+        Ok(MadeKey {
+            kid: kid_for(&public),
             public,
+            private: PrivateHalf::Pkcs8(SecretBytes::new(
+                b"simulated key: no private half".to_vec(),
+            )),
         })
+    }
+
+    fn destroy(&self, _backend: &str, _kid: &crate::types::Kid) -> Result<(), KeyError> {
+        Ok(())
     }
 }
 

@@ -46,6 +46,8 @@ fn key(version: u32, state: KeyState) -> StoredKey {
         state,
         public_jwk: "{}".into(),
         sealed_private: state.holds_private().then(|| vec![1, 2, 3]),
+        backend: "software".into(),
+        backend_ref: None,
         created_at: utc("2026-01-01T00:00:00Z"),
         publish_at: utc("2026-01-01T00:00:00Z"),
         activate_at: None,
@@ -513,7 +515,9 @@ fn a_generated_successor_counts_rule_1_from_its_publication_not_from_the_plan() 
     let row = || GeneratedRow {
         kid: Kid::build(&p.name, Alg::Rs384, 2, "abcdefgh"),
         public_jwk: "{}".into(),
-        sealed_private: vec![1],
+        sealed_private: Some(vec![1]),
+        backend: "software".into(),
+        backend_ref: None,
     };
     // Published the same second: the plan stands.
     let k = new_key(&p, new, row(), planned_at);
@@ -543,7 +547,9 @@ fn a_generated_first_key_signs_from_its_publication() {
         GeneratedRow {
             kid: Kid::build(&p.name, Alg::Rs384, 1, "abcdefgh"),
             public_jwk: "{}".into(),
-            sealed_private: vec![1],
+            sealed_private: Some(vec![1]),
+            backend: "software".into(),
+            backend_ref: None,
         },
         published,
     );

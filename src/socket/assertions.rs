@@ -7,7 +7,6 @@
 //! and metrics of whatever happened. No signature leaves without its
 //! record; a refusal is recorded too.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
@@ -15,17 +14,17 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use serde::Serialize;
 
-use super::authorize::{SignGrant, SignRequest, authorize_signature};
+use super::authorize::{SignRequest, authorize_signature};
 use super::body::read_json;
 use super::error::ApiError;
 use super::peer::Peer;
 use super::refusals;
+use super::signer::{active_signer, sign_jwt};
 use super::state::SocketState;
 use crate::audit::bounded::{MESSAGE_BYTES, bounded};
 use crate::audit::chain::AuditEntry;
 use crate::audit::writer::{AuditError, Auditor, Receipt, Ticket};
-use crate::jose::{AssertionClaims, JwtHeader, encode_jws, new_jti};
-use crate::keys::SigningKey;
+use crate::jose::{AssertionClaims, JwtHeader, new_jti};
 use crate::types::{Alg, SetName};
 
 /// The answer: the JWT plus what a caller needs to use and log it.
@@ -215,7 +214,7 @@ async fn sign<'s>(state: &'s SocketState, peer: &Peer, body: Body) -> Outcome<'s
         Err(r) => return refused(entry, r.set, Record::Ticket(ticket), r.error),
     };
     let set = Some(grant.policy.name.clone());
-    let signer = match active_signer(state, &grant) {
+    let signer = match active_signer(state, &grant.policy.name, grant.alg) {
         Ok(signer) => signer,
         Err(e) => return refused(entry, set, Record::Ticket(ticket), e),
     };
@@ -243,34 +242,28 @@ async fn sign<'s>(state: &'s SocketState, peer: &Peer, body: Body) -> Outcome<'s
         exp: expires_at,
         jti: jti.clone(),
     };
-    let (signed, record) = match grant.alg {
-        // A P-384 signature costs about what handing it to another thread
-        // and waking this task again costs (BENCHMARKS.md): it runs here,
-        // on the runtime thread, one per core, so still at most one
-        // signature per core at once.
-        Alg::Es384 => (
-            encode_jws(&header, &claims, |input| signer.sign(input)).map_err(ApiError::internal),
+    let (signed, record) = if signer.signs_inline() {
+        // A software P-384 signature costs about what handing it to
+        // another thread and waking this task again costs
+        // (BENCHMARKS.md): it runs here, on the runtime thread, one per
+        // core, so still at most one signature per core at once.
+        (
+            sign_jwt(state, signer, header, claims).await,
             Record::Ticket(ticket),
-        ),
-        // An RSA signature takes milliseconds: it runs on the signing
-        // threads so the runtime keeps answering meanwhile. Its record is
-        // handed in first, so that it is made durable together with those
-        // of the signatures queued around it (`Auditor::submit_early`);
-        // the answer still waits for it.
-        Alg::Rs384 => {
-            entry.jti = Some(jti.clone());
-            match ticket.submit_early(entry.clone()).await {
-                Ok(receipt) => {
-                    let signed = state
-                        .signers
-                        .run(move || encode_jws(&header, &claims, |input| signer.sign(input)))
-                        .await
-                        .map_err(ApiError::internal)
-                        .and_then(|r| r.map_err(ApiError::internal));
-                    (signed, Record::Early(receipt))
-                }
-                Err(e) => (Err(ApiError::internal(e)), Record::Later),
-            }
+        )
+    } else {
+        // An RSA or token signature takes milliseconds: it runs on the
+        // signing threads so the runtime keeps answering meanwhile. Its
+        // record is handed in first, so that it is made durable together
+        // with those of the signatures queued around it
+        // (`Auditor::submit_early`); the answer still waits for it.
+        entry.jti = Some(jti.clone());
+        match ticket.submit_early(entry.clone()).await {
+            Ok(receipt) => (
+                sign_jwt(state, signer, header, claims).await,
+                Record::Early(receipt),
+            ),
+            Err(e) => (Err(ApiError::internal(e)), Record::Later),
         }
     };
     let result = signed.map(|assertion| AssertionAnswer {
@@ -287,19 +280,4 @@ async fn sign<'s>(state: &'s SocketState, peer: &Peer, body: Body) -> Outcome<'s
         record,
         result,
     }
-}
-
-/// The active key of the granted (set, alg), or 503 while it has none.
-fn active_signer(state: &SocketState, grant: &SignGrant<'_>) -> Result<Arc<SigningKey>, ApiError> {
-    let set = &grant.policy.name;
-    state
-        .keyring
-        .snapshot()
-        .sets
-        .get(set)
-        .and_then(|s| s.signers.get(&grant.alg))
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::unavailable(format!("set {set} has no active {} key yet", grant.alg))
-        })
 }

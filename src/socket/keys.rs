@@ -25,6 +25,15 @@ pub struct KeyView {
     pub activate_at: Option<String>,
     pub deactivate_at: Option<String>,
     pub retire_at: Option<String>,
+    /// Where the private half was made and kept: `software` or the name
+    /// of a `[backends.NAME]` table (an addition to DESIGN's list; older
+    /// daemons do not send it).
+    #[serde(default = "software")]
+    pub backend: String,
+}
+
+fn software() -> String {
+    crate::config::policy::SOFTWARE_BACKEND.to_owned()
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -44,6 +53,7 @@ pub fn key_view(k: &StoredKey) -> KeyView {
         activate_at: k.activate_at.map(rfc3339),
         deactivate_at: k.deactivate_at.map(rfc3339),
         retire_at: k.retire_at.map(rfc3339),
+        backend: k.backend.clone(),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod listener;
 pub mod peer;
 pub mod refusals;
 pub mod router;
+mod signer;
 mod state;
 mod timeline;
 mod tokens;

@@ -23,11 +23,12 @@ use super::body::read_json;
 use super::error::ApiError;
 use super::peer::Peer;
 use super::refusals;
+use super::signer::{active_signer, sign_jwt};
 use super::state::SocketState;
 use crate::audit::bounded::{MESSAGE_BYTES, bounded};
 use crate::audit::chain::AuditEntry;
 use crate::config::policy::is_scope_token;
-use crate::jose::{AssertionClaims, JwtHeader, encode_jws, new_jti};
+use crate::jose::{AssertionClaims, JwtHeader, new_jti};
 use crate::tokens::cache::{Ask, CacheError, CallKind, FetchError, Fetched, Key};
 use crate::tokens::token::ScopeSet;
 use crate::tokens::upstream::UpstreamError;
@@ -613,19 +614,7 @@ async fn mint(state: &SocketState, g: &Granted) -> Result<(String, String, Strin
         code: e.code,
         message: e.message,
     };
-    let signer = state
-        .keyring
-        .snapshot()
-        .sets
-        .get(&g.set)
-        .and_then(|s| s.signers.get(&g.alg))
-        .cloned()
-        .ok_or_else(|| {
-            failed(ApiError::unavailable(format!(
-                "set {} has no active {} key yet",
-                g.set, g.alg
-            )))
-        })?;
+    let signer = active_signer(state, &g.set, g.alg).map_err(failed)?;
     let kid = signer.kid().to_string();
     let jti = new_jti().map_err(|e| failed(ApiError::internal(e)))?;
     let now = state.clock.now().timestamp();
@@ -642,15 +631,8 @@ async fn mint(state: &SocketState, g: &Granted) -> Result<(String, String, Strin
         exp: now + g.lifetime_s as i64,
         jti: jti.clone(),
     };
-    let jwt = match g.alg {
-        Alg::Es384 => encode_jws(&header, &claims, |input| signer.sign(input))
-            .map_err(|e| failed(ApiError::internal(e)))?,
-        Alg::Rs384 => state
-            .signers
-            .run(move || encode_jws(&header, &claims, |input| signer.sign(input)))
-            .await
-            .map_err(|e| failed(ApiError::internal(e)))?
-            .map_err(|e| failed(ApiError::internal(e)))?,
-    };
+    let jwt = sign_jwt(state, signer, header, claims)
+        .await
+        .map_err(failed)?;
     Ok((jwt, kid, jti))
 }

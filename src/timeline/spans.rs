@@ -349,6 +349,8 @@ mod tests {
             state,
             public_jwk: String::new(),
             sealed_private: None,
+            backend: "software".into(),
+            backend_ref: None,
             created_at: times[0].unwrap(),
             publish_at: times[0].unwrap(),
             activate_at: times[1],

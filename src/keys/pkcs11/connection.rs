@@ -10,7 +10,6 @@
 //! Does not own: what the operations do (`generate`, `sign`, `objects`).
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,7 +18,6 @@ use cryptoki::object::ObjectHandle;
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::RawAuthPin;
-use zeroize::Zeroizing;
 
 use super::error::{Pkcs11Error, breaks_connection, code_of};
 use super::module::{self, Lease, lock};
@@ -318,10 +316,12 @@ impl Pkcs11Token {
         let read;
         let pin = match &self.settings.pin_file {
             Some(path) => {
-                read = read_pin_file(path).map_err(|e| Pkcs11Error::PinFile {
-                    backend: name.clone(),
-                    path: path.clone(),
-                    reason: e.to_string(),
+                read = crate::keys::owner_file::read_pin_file(path).map_err(|e| {
+                    Pkcs11Error::PinFile {
+                        backend: name.clone(),
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    }
                 })?;
                 &read
             }
@@ -347,20 +347,6 @@ impl Pkcs11Token {
             Err(e) => Err(login_error(code_of(&e), false)),
         }
     }
-}
-
-/// Reads a PIN file: the whole file, less one trailing newline (`\n` or
-/// `\r\n`, as editors and `echo` leave), so the PIN itself may hold any
-/// other byte.
-fn read_pin_file(path: &Path) -> std::io::Result<SecretBytes> {
-    let mut bytes = Zeroizing::new(std::fs::read(path)?);
-    if bytes.ends_with(b"\n") {
-        bytes.pop();
-        if bytes.ends_with(b"\r") {
-            bytes.pop();
-        }
-    }
-    Ok(SecretBytes::from(bytes))
 }
 
 /// The token's health as last seen.

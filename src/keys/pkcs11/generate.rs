@@ -14,7 +14,7 @@ use cryptoki::session::Session;
 use super::connection::OpError;
 use super::objects::{SECP384R1_PARAMS, TEMP_LABEL_PREFIX, read_public};
 use super::{Pkcs11Error, Pkcs11Token};
-use crate::keys::material::{PublicKey, RSA_BITS};
+use crate::keys::public::{PublicKey, RSA_BITS};
 use crate::types::{Alg, Kid};
 
 /// RSA public exponent 65537, big-endian.

@@ -14,7 +14,7 @@ use cryptoki::session::{Session, SessionState};
 
 use super::connection::OpError;
 use super::{Pkcs11Error, Pkcs11Token, PrivateAttributes, TokenObject};
-use crate::keys::material::{EC_COORD_LEN, PublicKey};
+use crate::keys::public::{EC_COORD_LEN, PublicKey};
 use crate::types::Kid;
 
 /// Label prefix of a key whose generation has not finished (renamed to its

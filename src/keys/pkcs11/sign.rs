@@ -15,7 +15,7 @@ use sha2::{Digest, Sha384};
 use super::connection::{Connection, OpError};
 use super::objects::{find_one, not_found};
 use super::{Pkcs11Error, Pkcs11Token};
-use crate::keys::material::ES384_SIGNATURE_LEN;
+use crate::keys::public::ES384_SIGNATURE_LEN;
 use crate::types::{Alg, Kid};
 
 impl Pkcs11Token {

@@ -22,7 +22,7 @@ use p384::ecdsa::signature::Verifier as _;
 use super::error::ckr_name;
 use super::objects::{ec_point_xy, is_jwksd_label, looks_like_kid};
 use super::*;
-use crate::keys::material::{ES384_SIGNATURE_LEN, PublicKey};
+use crate::keys::public::{ES384_SIGNATURE_LEN, PublicKey};
 use crate::types::{Alg, Kid, SetName};
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -451,6 +451,12 @@ fn wrong_pin_is_refused_with_ckr_pin_incorrect_not_resent_and_a_fixed_pin_file_i
         |fx| {
             let pin_file = fx.dir.join("pin");
             std::fs::write(&pin_file, "0000\n").unwrap();
+            // Only its owner may read a PIN file (as the master key file).
+            std::fs::set_permissions(
+                &pin_file,
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .unwrap();
             let mut settings = fx.settings("hsm", "0000");
             settings.pin_file = Some(pin_file.clone());
             let token = Pkcs11Token::new(settings);
