@@ -156,7 +156,7 @@ async fn parts(config_file: &Path) -> anyhow::Result<(Parts, Listeners)> {
         .context("the test config names no [seal] master_key_file")?;
     let policies = Policies::load_dir(&config.policies_dir)?;
     let master = MasterKey::load_file(key_file)?;
-    let parts = Parts::from_config(&config, policies, master).await?;
+    let parts = Parts::from_config(&config, policies, master, None).await?;
     let listeners = Listeners::bind(&config.server, config.server.socket.clone()).await?;
     Ok((parts, listeners))
 }
