@@ -320,6 +320,28 @@ async fn oidc_provider_accepts_the_assertions_and_rides_a_scheduled_rotation() {
     let out = d.cli(&["keys", "rotate", "--set", "default", "--now"]);
     assert!(out.status.success(), "{out:?}");
     let warning = String::from_utf8_lossy(&out.stderr).into_owned();
+    // jwksd says how long such a verifier may refuse: from the key's
+    // publication, max(jwks_max_age, 60 s): well past the 5 s max-age.
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let untils: Vec<i64> = answer
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            let until = o["handover"]["caches_may_refuse_until"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no refusal window in {o}"));
+            chrono::DateTime::parse_from_rfc3339(until)
+                .unwrap()
+                .timestamp()
+        })
+        .collect();
+    let now = chrono::Utc::now().timestamp();
+    assert_eq!(untils.len(), 2, "{answer}");
+    assert!(
+        untils.iter().all(|u| (now + 20..=now + 61).contains(u)),
+        "{answer}"
+    );
     let now_kids = kids_in(&d, "active").await;
     assert!(now_kids.iter().all(|k| !pending.contains(k)));
     for (client, alg) in CLIENTS {
