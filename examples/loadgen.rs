@@ -612,9 +612,15 @@ async fn tokens(
     };
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..conns {
-        let body = bodies[i % bodies.len()].clone().into_bytes();
-        let post = heads("POST", std::str::from_utf8(&body).unwrap());
-        let delete = heads("DELETE", std::str::from_utf8(&body).unwrap());
+        let text = bodies[i % bodies.len()].clone();
+        let post = heads("POST", &text);
+        // DELETE names the cache key only: no `alg`.
+        let forget = match text.find(r#","alg":"#) {
+            Some(at) => format!("{}}}", &text[..at]),
+            None => text.clone(),
+        };
+        let delete = heads("DELETE", &forget);
+        let (body, forget) = (text.into_bytes(), forget.into_bytes());
         let socket = socket.clone();
         tasks.spawn(async move {
             let mut lat: Vec<u32> = Vec::new();
@@ -633,7 +639,7 @@ async fn tokens(
                     break;
                 }
                 if fresh {
-                    match conn.request(&delete, &body).await {
+                    match conn.request(&delete, &forget).await {
                         Ok(204) => {}
                         _ => {
                             err += 1;
