@@ -10,7 +10,16 @@
 //! - `hold`: opens `--conns` connections, makes one request on each, and
 //!   keeps them open for `--secs` (RSS with many clients);
 //! - `startup`: starts the daemon on an existing directory and times the
-//!   way to a 200 from `/readyz`.
+//!   way to a 200 from `/readyz`;
+//! - `endpoint`: a local OAuth token endpoint for `bench/tokens` (answers
+//!   every `client_credentials` POST with a fresh token for the scope asked;
+//!   it does not verify the assertion, so its cost stays small);
+//! - `tokens`: `POST /v1/tokens` over the socket, closed loop on `--conns`
+//!   connections, connection i as client i mod `--clients`: cached (every
+//!   answer must say `cached: true`) or with `--fresh` a `DELETE
+//!   /v1/tokens` before each POST, so that each POST signs an assertion and
+//!   calls the endpoint (every answer must say `cached: false`); only the
+//!   POST is timed.
 //!
 //! Every result is one line of `key=value` pairs for the script to read.
 //! The client is a minimal hand-written HTTP/1.1 on a single-threaded
@@ -77,6 +86,36 @@ enum Cmd {
         #[arg(long, default_value_t = 10.0)]
         secs: f64,
     },
+    /// A local token endpoint; prints `addr=IP:PORT`, then serves until killed.
+    Endpoint {
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
+    /// Token requests over the socket: cached, or fresh (`--fresh`).
+    Tokens {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        token_url: String,
+        /// Clients `<prefix>0` .. `<prefix>N-1`.
+        #[arg(long, default_value = "app")]
+        client_prefix: String,
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        #[arg(long, default_value = "ES384")]
+        alg: String,
+        #[arg(long, default_value = "system/Patient.rs")]
+        scope: String,
+        #[arg(long, default_value_t = 1)]
+        conns: usize,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// DELETE the token before each POST.
+        #[arg(long)]
+        fresh: bool,
+    },
     /// Start-to-ready time of the daemon on existing keys.
     Startup {
         #[arg(long)]
@@ -115,6 +154,28 @@ fn main() {
             secs,
         } => runtime().block_on(hold(socket, conns, secs)),
         Cmd::Startup { bin, config, runs } => startup(&bin, &config, runs),
+        Cmd::Endpoint { port } => runtime().block_on(endpoint(port)),
+        Cmd::Tokens {
+            socket,
+            token_url,
+            client_prefix,
+            clients,
+            alg,
+            scope,
+            conns,
+            secs,
+            warmup,
+            fresh,
+        } => {
+            let bodies = (0..clients.max(1))
+                .map(|i| {
+                    format!(
+                        r#"{{"client_id":"{client_prefix}{i}","token_url":"{token_url}","scope":"{scope}","alg":"{alg}"}}"#
+                    )
+                })
+                .collect();
+            runtime().block_on(tokens(socket, bodies, conns, secs, warmup, fresh));
+        }
     }
 }
 
@@ -202,6 +263,8 @@ fn raw(alg: &str, threads: usize, secs: f64, rsa_bits: u32) {
 struct Conn {
     stream: UnixStream,
     buf: Vec<u8>,
+    /// Where the last answer's body starts in `buf`.
+    body_at: usize,
 }
 
 impl Conn {
@@ -209,6 +272,7 @@ impl Conn {
         Ok(Conn {
             stream: UnixStream::connect(path).await?,
             buf: Vec::with_capacity(4096),
+            body_at: 0,
         })
     }
 
@@ -244,6 +308,7 @@ impl Conn {
                     }
                     self.buf.extend_from_slice(&chunk[..n]);
                 }
+                self.body_at = end + 4;
                 return Ok(status);
             }
             let n = self.stream.read(&mut chunk).await?;
@@ -252,6 +317,11 @@ impl Conn {
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
+    }
+
+    /// The body of the last answer.
+    fn body(&self) -> &[u8] {
+        &self.buf[self.body_at.min(self.buf.len())..]
     }
 }
 
@@ -454,4 +524,171 @@ fn readyz(addr: &str) -> bool {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out.starts_with("HTTP/1.1 200")
+}
+
+/// `application/x-www-form-urlencoded` value decoding (`+` and `%XX`).
+fn form_value(body: &str, name: &str) -> String {
+    let raw = body
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or("")
+        .replace('+', " ");
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'%')
+            .then(|| raw.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The local token endpoint: a fresh token for the scope asked, one hour.
+async fn endpoint(port: u16) {
+    static ISSUED: AtomicU64 = AtomicU64::new(0);
+    async fn token(body: String) -> axum::response::Response {
+        use axum::response::IntoResponse as _;
+        if form_value(&body, "grant_type") != "client_credentials"
+            || form_value(&body, "client_assertion").is_empty()
+        {
+            return (
+                axum::http::StatusCode::BAD_REQUEST,
+                axum::Json(serde_json::json!({"error": "invalid_request"})),
+            )
+                .into_response();
+        }
+        let n = ISSUED.fetch_add(1, Ordering::Relaxed);
+        axum::Json(serde_json::json!({
+            "access_token": format!("bench-token-{n}"),
+            "token_type": "Bearer",
+            "expires_in": 3600,
+            "scope": form_value(&body, "scope"),
+        }))
+        .into_response()
+    }
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the endpoint");
+    println!("addr={}", listener.local_addr().expect("local addr"));
+    let app = axum::Router::new().route("/token", axum::routing::post(token));
+    axum::serve(listener, app).await.expect("serve");
+}
+
+/// Closed-loop token requests; connection i uses `bodies[i % len]`.
+async fn tokens(
+    socket: PathBuf,
+    bodies: Vec<String>,
+    conns: usize,
+    secs: f64,
+    warmup: f64,
+    fresh: bool,
+) {
+    let heads = |method: &str, body: &str| -> Vec<u8> {
+        format!(
+            "{method} /v1/tokens HTTP/1.1\r\nHost: jwksd\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let t0 = Instant::now() + Duration::from_millis(50);
+    let count_from = t0 + Duration::from_secs_f64(warmup);
+    let end = count_from + Duration::from_secs_f64(secs);
+    let want: &'static [u8] = if fresh {
+        b"\"cached\":false"
+    } else {
+        b"\"cached\":true"
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..conns {
+        let text = bodies[i % bodies.len()].clone();
+        let post = heads("POST", &text);
+        // DELETE names the cache key only: no `alg`.
+        let forget = match text.find(r#","alg":"#) {
+            Some(at) => format!("{}}}", &text[..at]),
+            None => text.clone(),
+        };
+        let delete = heads("DELETE", &forget);
+        let (body, forget) = (text.into_bytes(), forget.into_bytes());
+        let socket = socket.clone();
+        tasks.spawn(async move {
+            let mut lat: Vec<u32> = Vec::new();
+            let (mut ok, mut err) = (0u64, 0u64);
+            let mut conn = match Conn::open(&socket).await {
+                Ok(c) => c,
+                Err(_) => return (lat, ok, 1u64),
+            };
+            // The cached mode's first answer fills the cache.
+            if !fresh && conn.request(&post, &body).await.ok() != Some(200) {
+                return (lat, ok, 1u64);
+            }
+            tokio::time::sleep_until(t0.into()).await;
+            loop {
+                if Instant::now() >= end {
+                    break;
+                }
+                if fresh {
+                    match conn.request(&delete, &forget).await {
+                        Ok(204) => {}
+                        _ => {
+                            err += 1;
+                            break;
+                        }
+                    }
+                }
+                let start = Instant::now();
+                let status = conn.request(&post, &body).await;
+                let done = Instant::now();
+                if start < count_from {
+                    continue;
+                }
+                match status {
+                    Ok(200) if find(conn.body(), want).is_some() => {
+                        ok += 1;
+                        lat.push((done - start).as_micros().min(u32::MAX as u128) as u32);
+                    }
+                    Ok(_) => err += 1,
+                    Err(_) => {
+                        err += 1;
+                        break;
+                    }
+                }
+            }
+            (lat, ok, err)
+        });
+    }
+    let mut lat = Vec::new();
+    let (mut ok, mut err) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        let (l, o, e) = r.expect("client task");
+        lat.extend(l);
+        ok += o;
+        err += e;
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i] as f64 / 1000.0
+    };
+    println!(
+        "mode=tokens fresh={fresh} conns={conns} ok={ok} err={err} rate={:.1} p50_ms={:.3} p99_ms={:.3} max_ms={:.3}",
+        ok as f64 / secs,
+        pct(0.50),
+        pct(0.99),
+        pct(1.0)
+    );
 }
