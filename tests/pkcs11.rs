@@ -109,6 +109,11 @@ fn hsm_policy(extra: &str) -> String {
 /// The usual test files plus a `[backends.hsm]` table and its PIN file.
 fn write_hsm_files(dir: &Path, policy: &str) {
     write_files(dir, policy);
+    add_hsm_backend(dir);
+}
+
+/// Adds a `[backends.hsm]` table and its PIN file (0600) to `dir`'s files.
+fn add_hsm_backend(dir: &Path) {
     let config = dir.join("jwksd.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!(
@@ -502,4 +507,153 @@ fn object_files(tokens: &Path) -> usize {
                 && f.as_ref().unwrap().file_name() != "token.object"
         })
         .count()
+}
+
+/// A token that goes away under load and comes back, once with a PIN file
+/// that no longer matches: no crash, 503s that say what is wrong while it
+/// is gone, the JWKS served throughout, `/readyz` naming the backend, and
+/// signing resumes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_goes_away_gives_clear_503s_and_signing_resumes_by_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let Some(hsm) = SoftHsm::new(dir) else { return };
+    write_hsm_files(dir, &hsm_policy(""));
+    let d = spawn(dir, &hsm).when_settled().await;
+    for alg in ["RS384", "ES384"] {
+        verified_assertion(&d, alg).await;
+    }
+    let sign = |alg: &'static str| {
+        let d = &d;
+        async move {
+            d.socket_json(
+                Method::POST,
+                "/v1/assertions",
+                Some(json!({"client_id": "app", "audience": AUD, "alg": alg})),
+            )
+            .await
+        }
+    };
+
+    // The token's storage goes away (SoftHSM: its directory).
+    let away = dir.join("tokens-away");
+    std::fs::rename(&hsm.tokens, &away).unwrap();
+    for alg in ["RS384", "ES384"] {
+        let (status, answer) = sign(alg).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+        assert_eq!(answer["error"], "unavailable", "{answer}");
+        let message = answer["message"].as_str().unwrap();
+        assert!(message.contains("backend \"hsm\""), "{message}");
+        assert!(
+            message.contains("signing resumes once it is back"),
+            "{message}"
+        );
+    }
+    let (status, _, _) = d.jwks().await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the JWKS is served while the token is gone"
+    );
+    wait_for(
+        "/readyz to name the backend",
+        Duration::from_secs(10),
+        || async {
+            let (status, _, body) = http(d.admin, Method::GET, "/readyz", &[]).await.unwrap();
+            status == StatusCode::SERVICE_UNAVAILABLE
+                && String::from_utf8_lossy(&body).contains("backend hsm is down since")
+        },
+    )
+    .await;
+
+    // It comes back, but the PIN file now holds a PIN the token refuses.
+    let pin = dir.join("hsm.pin");
+    std::fs::write(&pin, "not-the-pin\n").unwrap();
+    std::fs::rename(&away, &hsm.tokens).unwrap();
+    wait_for(
+        "the refused login on /readyz",
+        Duration::from_secs(15),
+        || async {
+            let (_, _, body) = http(d.admin, Method::GET, "/readyz", &[]).await.unwrap();
+            String::from_utf8_lossy(&body).contains("CKR_PIN_INCORRECT")
+        },
+    )
+    .await;
+    let (status, answer) = sign("ES384").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("CKR_PIN_INCORRECT"),
+        "{answer}"
+    );
+
+    // The operator fixes the PIN file: signing resumes with no restart.
+    std::fs::write(&pin, format!("{PIN}\n")).unwrap();
+    wait_for("signing to resume", Duration::from_secs(15), || async {
+        sign("RS384").await.0 == StatusCode::OK
+    })
+    .await;
+    for alg in ["RS384", "ES384"] {
+        verified_assertion(&d, alg).await;
+    }
+    d.ready().await;
+    let log = d.log();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(log.contains("key backend connected and logged in"), "{log}");
+    pin_nowhere(dir);
+}
+
+/// Two replicas on one PostgreSQL and one token: one generates, both sign
+/// with the same objects, and a rotation made on one is signed with on the
+/// other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_database_and_one_token_share_its_keys() {
+    let Some(pg) = helpers::pg::pg_or_skip("pkcs11 replicas").await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(hsm) = SoftHsm::new(tmp.path()) else {
+        return;
+    };
+    let key = random_master_key();
+    let replicas: Vec<Daemon> = (0..2)
+        .map(|i| {
+            let dir = tmp.path().join(format!("replica{i}"));
+            write_files_with(&dir, &hsm_policy(""), &pg.url, &key);
+            add_hsm_backend(&dir);
+            spawn(&dir, &hsm)
+        })
+        .collect();
+    for d in &replicas {
+        d.ready().await;
+    }
+    replicas[0].settled().await;
+    let dir0 = tmp.path().join("replica0");
+    token_matches_the_store(&replicas[0], &dir0, &hsm, "two replicas bootstrapped").await;
+    let listed = keys(&replicas[0]).await;
+    for alg in ["RS384", "ES384"] {
+        let active = active_kid(&listed, alg);
+        for d in &replicas {
+            assert_eq!(verified_assertion(d, alg).await, active);
+        }
+    }
+    let (status, answer) = replicas[1]
+        .socket_json(
+            Method::POST,
+            "/v1/admin/rotate",
+            Some(json!({"set": "default", "alg": "ES384", "now": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let new = answer["activated"].as_str().unwrap().to_owned();
+    wait_for(
+        "replica 0 to sign with the new key",
+        Duration::from_secs(10),
+        || async { replicas[0].assertion("ES384").await["kid"] == new.as_str() },
+    )
+    .await;
+    assert_eq!(verified_assertion(&replicas[0], "ES384").await, new);
+    token_matches_the_store(&replicas[0], &dir0, &hsm, "after a rotation on replica 1").await;
 }

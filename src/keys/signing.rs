@@ -134,10 +134,18 @@ impl SigningKey {
                 let sig = token
                     .sign(&self.kid, self.alg, message)
                     .map_err(|e| match e {
-                        Pkcs11Error::KeyNotFound { .. } => KeyError::TokenKeyMissing {
-                            backend: token.name().to_owned(),
-                            kid: self.kid.clone(),
-                        },
+                        Pkcs11Error::KeyNotFound { .. } => {
+                            let missing = KeyError::TokenKeyMissing {
+                                backend: token.name().to_owned(),
+                                kid: self.kid.clone(),
+                            };
+                            // The store says this key may sign: a token
+                            // without it is not the token it should be
+                            // (storage gone, reset, swapped). Down until a
+                            // fresh connection finds the key again.
+                            token.mark_down(missing.to_string());
+                            missing
+                        }
                         other => KeyError::Token(other),
                     })?;
                 if !aws_lc::verify(&self.public, message, &sig) {

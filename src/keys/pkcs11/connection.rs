@@ -186,6 +186,17 @@ impl Pkcs11Token {
         }
     }
 
+    /// Drops the live connection and marks the token down with `reason`:
+    /// for a caller that found the token at odds with the store (the
+    /// private object of a key that may sign is missing, as when a
+    /// token's storage is gone). The next call, or the daemon's health
+    /// loop, connects again from scratch.
+    pub fn mark_down(&self, reason: String) {
+        if let Some(conn) = self.current_connection() {
+            self.drop_connection(&conn, reason);
+        }
+    }
+
     fn current_connection(&self) -> Option<Arc<Connection>> {
         self.current
             .read()
