@@ -739,8 +739,6 @@ async fn the_cli_signs_prints_the_served_jwks_and_lists_keys() {
         [
             "activate_at",
             "alg",
-            // DESIGN's members, plus where the private half lives (§5).
-            "backend",
             "created_at",
             "deactivate_at",
             "kid",
@@ -752,7 +750,6 @@ async fn the_cli_signs_prints_the_served_jwks_and_lists_keys() {
         ]
     );
     assert!(first["created_at"].as_str().unwrap().ends_with('Z'));
-    assert_eq!(first["backend"], "software");
     // A refusal is an error on stderr and a non-zero exit, nothing on stdout.
     let out = d.cli(&[
         "sign",

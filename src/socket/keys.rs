@@ -10,6 +10,7 @@ use super::audited::refuse_unlisted;
 use super::error::ApiError;
 use super::peer::Peer;
 use super::state::SocketState;
+use crate::config::policy::SOFTWARE_BACKEND;
 use crate::lifecycle::model::StoredKey;
 
 /// One key as listed: public facts only, times RFC 3339 UTC with `Z`.
@@ -25,15 +26,19 @@ pub struct KeyView {
     pub activate_at: Option<String>,
     pub deactivate_at: Option<String>,
     pub retire_at: Option<String>,
-    /// Where the private half was made and kept: `software` or the name
-    /// of a `[backends.NAME]` table (an addition to DESIGN's list; older
-    /// daemons do not send it).
-    #[serde(default = "software")]
+    /// Where the private half was made and kept: the name of a
+    /// `[backends.NAME]` table. An addition to DESIGN's list, sent only for
+    /// keys held in a token: a software key's object is exactly DESIGN's.
+    #[serde(default = "software", skip_serializing_if = "is_software")]
     pub backend: String,
 }
 
 fn software() -> String {
-    crate::config::policy::SOFTWARE_BACKEND.to_owned()
+    SOFTWARE_BACKEND.to_owned()
+}
+
+fn is_software(backend: &str) -> bool {
+    backend == SOFTWARE_BACKEND
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
