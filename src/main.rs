@@ -35,8 +35,9 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,sqlx=warn,cryptoki::mechanism=off")
+    });
     // A log that cannot be written (stderr on a full disk) loses lines; by
     // default the subscriber then reports it with eprintln!, which panics
     // on the same full stderr: the request or the audit writer logging it

@@ -52,14 +52,7 @@ pub async fn token(cli: &Cli, args: &TokenArgs) -> anyhow::Result<ExitCode> {
 /// `text` percent-encoded for a query string: set names are plain, but a
 /// typo must reach the daemon as the name it is, not as other parameters.
 fn query_value(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
 /// The request body without `null` members, so optional fields stay absent.

@@ -66,22 +66,24 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     }
     let policies = state.policies.current();
     for token in state.backends.tokens() {
+        let sets: Vec<&str> = policies
+            .iter()
+            .filter(|p| p.backend == token.name())
+            .map(|p| p.name.as_str())
+            .collect();
+        // A token no policy uses (yet, or any more) signs nothing: its
+        // trouble is logged and on `jwksd_backend_up`, not a reason to take
+        // this replica out of service.
+        if sets.is_empty() {
+            continue;
+        }
         if let Health::Down { reason, since } = token.health() {
-            let sets: Vec<&str> = policies
-                .iter()
-                .filter(|p| p.backend == token.name())
-                .map(|p| p.name.as_str())
-                .collect();
             let since = chrono::DateTime::<chrono::Utc>::from(since)
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             problems.push(format!(
                 "backend {} is down since {since}: {reason} (signing answers 503 for sets: {})",
                 token.name(),
-                if sets.is_empty() {
-                    "none".to_owned()
-                } else {
-                    sets.join(", ")
-                }
+                sets.join(", ")
             ));
         }
     }

@@ -55,7 +55,7 @@ pub enum KeyError {
     /// A PKCS#11 token failed or is out of reach (the message names the
     /// backend and the token's return code).
     #[error(transparent)]
-    Token(#[from] super::pkcs11::Pkcs11Error),
+    Token(#[from] super::pkcs11::error::Pkcs11Error),
     /// The store lets a key of this token sign, but the token holds no
     /// private object under its kid: the token was swapped or reset, its
     /// storage is gone, or the object was destroyed outside jwksd.

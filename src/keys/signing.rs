@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use super::aws_lc;
 use super::material::{ES384_SIGNATURE_LEN, GeneratedKey, KeyError, PublicKey};
-use super::pkcs11::{Pkcs11Error, Pkcs11Token};
+use super::pkcs11::connection::Pkcs11Token;
+use super::pkcs11::error::Pkcs11Error;
 use super::secret::SecretBytes;
 use crate::types::{Alg, Kid};
 

@@ -16,10 +16,12 @@ use serde::Serialize;
 
 use super::handover::Handover;
 use super::model::{Applied, Change, Event, EventKind, StoredKey};
+use super::orphans::DESTROY_AFTER;
 use super::plan::{self, GenerateReason, GeneratedRow, NewKey, Refusal, Step};
 use crate::clock::Clock;
 use crate::config::live::LivePolicies;
 use crate::config::policy::Policy;
+use crate::config::policy::SOFTWARE_BACKEND;
 use crate::jose::{Jwk, thumbprint};
 use crate::keys::KeyError;
 use crate::keys::backend::{KeyBackends, PrivateHalf};
@@ -139,7 +141,11 @@ impl Executor {
     pub async fn tick(&self) -> Result<Vec<Event>, LifecycleError> {
         let _guard = self.lock.lock().await;
         let mut events = Vec::new();
-        self.converge(&mut events).await?;
+        // A set whose key could not be generated fails the tick (retried
+        // with backoff, counted), once every other set has had its turn.
+        if let Some(failed) = self.converge(&mut events).await? {
+            return Err(failed);
+        }
         Ok(events)
     }
 
@@ -199,7 +205,8 @@ impl Executor {
     ) -> Result<RotateOutcome, LifecycleError> {
         let set = &policy.name;
         // Bring the set up to date first: there must be an active key and a
-        // pending successor to rotate to.
+        // pending successor to rotate to (a set whose key cannot be made now
+        // is logged by `converge`; the plan below then says what is missing).
         self.converge(events).await?;
         let keys = self.store.live_keys().await?;
         let change = plan::rotation(policy, &keys, alg, at_once, self.clock.now())?;
@@ -229,7 +236,8 @@ impl Executor {
                 "rotation of {set}/{alg} raced with another change; try again"
             )));
         };
-        // Rule 4: the successor is generated at once.
+        // Rule 4: the successor is generated at once (if its backend cannot
+        // make it now, the next tick does; the rotation itself is done).
         self.converge(events).await?;
         let live = self.store.live_keys().await?;
         let pending = live
@@ -313,7 +321,18 @@ impl Executor {
     }
 
     /// Plans and executes until nothing is due (the caller holds the lock).
-    async fn converge(&self, events: &mut Vec<Event>) -> Result<(), LifecycleError> {
+    ///
+    /// A key that cannot be generated (its token out of reach) stops only
+    /// its own set for this call: every other set goes on, so a token that
+    /// is down never holds back software sets or emergency commands. The
+    /// first such failure is returned as `Some` after everything else ran;
+    /// a store failure is an error at once.
+    async fn converge(
+        &self,
+        events: &mut Vec<Event>,
+    ) -> Result<Option<LifecycleError>, LifecycleError> {
+        let mut failed: Option<LifecycleError> = None;
+        let mut stalled: Vec<SetName> = Vec::new();
         for _ in 0..MAX_ROUNDS {
             let policies = self.policies.current();
             // Live keys only: retired and revoked keys (one per rotation,
@@ -323,13 +342,28 @@ impl Executor {
             let now = self.clock.now();
             let mut did_something = false;
             for policy in policies.iter() {
+                if stalled.contains(&policy.name) {
+                    continue;
+                }
                 for step in plan::plan(policy, &keys, now) {
                     let (change, cause) = match step {
                         Step::Apply(change) => (change, Cause::Due),
-                        Step::Generate(new) => {
-                            let cause = Cause::Generated(new.reason);
-                            (Change::Insert(self.generate(policy, &new).await?), cause)
-                        }
+                        Step::Generate(new) => match self.generate(policy, &new).await {
+                            Ok(key) => (Change::Insert(key), Cause::Generated(new.reason)),
+                            Err(e @ (LifecycleError::Store(_) | LifecycleError::Join(_))) => {
+                                return Err(e);
+                            }
+                            Err(e) => {
+                                tracing::error!(
+                                    set = %policy.name, alg = %new.alg, backend = %policy.backend,
+                                    error = %e,
+                                    "cannot generate a key for this set now; other sets go on, the next tick retries"
+                                );
+                                stalled.push(policy.name.clone());
+                                failed.get_or_insert(e);
+                                break;
+                            }
+                        },
                     };
                     did_something |= self.apply(&keys, change, cause, events).await?.is_done();
                 }
@@ -338,7 +372,7 @@ impl Executor {
                 break;
             }
         }
-        Ok(())
+        Ok(failed)
     }
 
     /// Generates the key planned as `new` in the policy's backend (on a
@@ -415,8 +449,9 @@ impl Executor {
             // committed; a token still holds it until it is destroyed.
             if matches!(kind, EventKind::Deactivated | EventKind::Revoked)
                 && let Some(k) = after.iter().find(|k| &k.kid == kid)
+                && k.backend != SOFTWARE_BACKEND
             {
-                self.destroy_private(&k.backend, kid).await;
+                self.destroy_later(&k.backend, kid);
             }
         }
         let at = self.clock.now();
@@ -434,27 +469,26 @@ impl Executor {
         Ok(applied)
     }
 
+    /// Destroys `kid`'s private half in `backend` once [`DESTROY_AFTER`]
+    /// has passed: every replica (this one's keyring too) follows the
+    /// commit and stops signing with it first, so no request finds its
+    /// signer gone from the token. A crash meanwhile leaves the object to
+    /// the orphan sweep, which destroys it as outlived.
+    fn destroy_later(&self, backend: &str, kid: &Kid) {
+        let backends = self.backends.clone();
+        let (backend, kid) = (backend.to_owned(), kid.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(DESTROY_AFTER).await;
+            destroy(backends, backend, kid).await;
+        });
+    }
+
     /// Destroys `kid`'s private half in `backend` (a no-op for software:
     /// the store erased it). A token that fails now leaves the object to
     /// the orphan sweep, which destroys every object of a key the store no
     /// longer lets sign.
     async fn destroy_private(&self, backend: &str, kid: &Kid) {
-        let backends = self.backends.clone();
-        let (backend, kid) = (backend.to_owned(), kid.clone());
-        let job = {
-            let (backend, kid) = (backend.clone(), kid.clone());
-            tokio::task::spawn_blocking(move || backends.destroy(&backend, &kid))
-        };
-        match job.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(
-                %kid, %backend, error = %e,
-                "could not destroy the private half in its backend now; the orphan sweep retries"
-            ),
-            Err(e) => {
-                tracing::warn!(%kid, %backend, error = %e, "destroying the private half failed")
-            }
-        }
+        destroy(self.backends.clone(), backend.to_owned(), kid.clone()).await;
     }
 
     async fn set_keys(&self, set: &SetName) -> Result<Vec<StoredKey>, LifecycleError> {
@@ -465,6 +499,23 @@ impl Executor {
             .into_iter()
             .filter(|k| &k.set == set)
             .collect())
+    }
+}
+
+/// Destroys `kid`'s private half in `backend` on a blocking thread; a
+/// failure is logged and left to the orphan sweep.
+async fn destroy(backends: Arc<dyn KeyBackends>, backend: String, kid: Kid) {
+    let job = {
+        let (backend, kid) = (backend.clone(), kid.clone());
+        tokio::task::spawn_blocking(move || backends.destroy(&backend, &kid))
+    };
+    match job.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(
+            %kid, %backend, error = %e,
+            "could not destroy the private half in its backend now; the orphan sweep retries"
+        ),
+        Err(e) => tracing::warn!(%kid, %backend, error = %e, "destroying the private half failed"),
     }
 }
 

@@ -23,6 +23,12 @@ use crate::keys::pkcs11::{Pkcs11Token, TokenObject};
 use crate::store::Store;
 use crate::types::{KeyState, Kid, SetName};
 
+/// How long after a key leaves `active` (or is revoked) its token object
+/// is destroyed: every replica follows a commit within 5 s (DESIGN §4) and
+/// stops signing with the key, so none finds its signer gone from the
+/// token. Software keys lose their sealed blob in the commit itself.
+pub const DESTROY_AFTER: Duration = Duration::from_secs(10);
+
 /// The label a token key gets while it is generated, before its kid is
 /// known (see `keys::pkcs11`).
 pub const TEMPORARY_LABEL_PREFIX: &str = "jwksd-new-";
@@ -41,15 +47,27 @@ pub enum Verdict {
     NotOurs,
 }
 
-/// Judges the object labelled `label` in backend `backend`, against every
-/// stored key and the sets this daemon serves.
-pub fn judge(label: &str, backend: &str, keys: &[StoredKey], sets: &[SetName]) -> Verdict {
+/// Judges the object labelled `label` in backend `backend` at `now`,
+/// against every stored key and the sets this daemon serves. A key that
+/// left `active` less than [`DESTROY_AFTER`] ago is kept: its destruction
+/// is already planned, and replicas may still be following the change.
+pub fn judge(
+    label: &str,
+    backend: &str,
+    keys: &[StoredKey],
+    sets: &[SetName],
+    now: DateTime<Utc>,
+) -> Verdict {
     if let Some(k) = keys.iter().find(|k| k.kid.as_str() == label) {
         if k.backend != backend {
             return Verdict::NotOurs;
         }
+        let left = k.deactivate_at.or(k.retire_at);
+        let recently =
+            left.is_some_and(|at| (now - at).to_std().unwrap_or_default() < DESTROY_AFTER);
         return match k.state {
             KeyState::Pending | KeyState::Active => Verdict::Keep,
+            _ if recently => Verdict::Keep,
             other => Verdict::Outlived(other),
         };
     }
@@ -144,8 +162,12 @@ impl OrphanSweep {
         // Judged by label (the kid), destroyed by CKA_ID: the driver finds
         // objects by id, which jwksd sets to the label, but an object made
         // elsewhere may differ.
+        // An object without a CKA_ID is not one jwksd made (it sets the id
+        // to the label), and destroying by an empty id would hit every
+        // object that has none: left alone.
         let ids: std::collections::BTreeMap<String, Kid> = objects
             .into_iter()
+            .filter(|o| !o.id.is_empty())
             .map(|o| {
                 let id = Kid::from_stored(String::from_utf8_lossy(&o.id).into_owned());
                 (o.label, id)
@@ -159,7 +181,7 @@ impl OrphanSweep {
             // Forget labels that are gone (destroyed, or recorded by now).
             seen.retain(|(b, l), _| b != &backend || labels.contains(l));
             for label in labels {
-                match judge(&label, &backend, keys, sets) {
+                match judge(&label, &backend, keys, sets, now) {
                     Verdict::Keep | Verdict::NotOurs => {
                         seen.remove(&(backend.clone(), label));
                     }
@@ -236,6 +258,11 @@ mod tests {
         }
     }
 
+    /// Long after every key of `key()` was made.
+    fn later() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_767_225_600 + 3600, 0).unwrap()
+    }
+
     fn sets() -> Vec<SetName> {
         vec![SetName::new("default").unwrap()]
     }
@@ -248,7 +275,7 @@ mod tests {
             key("default-es384-v1-cccccccc", KeyState::Retiring),
             key("default-es384-v2-dddddddd", KeyState::Revoked),
         ];
-        let verdict = |label: &str| judge(label, "hsm", &keys, &sets());
+        let verdict = |label: &str| judge(label, "hsm", &keys, &sets(), later());
         assert_eq!(verdict("default-rs384-v1-aaaaaaaa"), Verdict::Keep);
         assert_eq!(verdict("default-rs384-v2-bbbbbbbb"), Verdict::Keep);
         assert_eq!(
@@ -259,9 +286,40 @@ mod tests {
             verdict("default-es384-v2-dddddddd"),
             Verdict::Outlived(KeyState::Revoked)
         );
+        // A key that left a moment ago keeps its object until DESTROY_AFTER.
+        let mut just_left = key("default-es384-v3-eeeeeeee", KeyState::Retiring);
+        just_left.deactivate_at = Some(later() - chrono::Duration::seconds(3));
+        let keys_now = [just_left];
+        assert_eq!(
+            judge(
+                "default-es384-v3-eeeeeeee",
+                "hsm",
+                &keys_now,
+                &sets(),
+                later()
+            ),
+            Verdict::Keep
+        );
+        let after = later() + chrono::Duration::seconds(8);
+        assert_eq!(
+            judge(
+                "default-es384-v3-eeeeeeee",
+                "hsm",
+                &keys_now,
+                &sets(),
+                after
+            ),
+            Verdict::Outlived(KeyState::Retiring)
+        );
         // The same kid in another backend is not this token's key.
         assert_eq!(
-            judge("default-rs384-v1-aaaaaaaa", "other", &keys, &sets()),
+            judge(
+                "default-rs384-v1-aaaaaaaa",
+                "other",
+                &keys,
+                &sets(),
+                later()
+            ),
             Verdict::NotOurs
         );
     }
@@ -269,7 +327,7 @@ mod tests {
     #[test]
     fn unknown_objects_are_ours_only_by_the_temporary_label_or_a_kid_of_our_sets() {
         let keys = Vec::new();
-        let verdict = |label: &str| judge(label, "hsm", &keys, &sets());
+        let verdict = |label: &str| judge(label, "hsm", &keys, &sets(), later());
         assert_eq!(verdict("jwksd-new-0123456789abcdef"), Verdict::Unknown);
         assert_eq!(verdict("default-rs384-v7-zzzzzzzz"), Verdict::Unknown);
         assert_eq!(verdict("default-es384-v1-zzzzzzzz"), Verdict::Unknown);

@@ -13,11 +13,12 @@ use std::fmt;
 use cryptoki::mechanism::MechanismType;
 
 use super::connection::OpError;
+use super::connection::Pkcs11Token;
+use super::error::Pkcs11Error;
 use super::error::{breaks_connection, code_of};
 use super::generate::{generate_pair, temp_label};
 use super::objects::read_public;
 use super::sign::sign_with;
-use super::{Pkcs11Error, Pkcs11Token};
 use crate::keys::aws_lc;
 use crate::types::Alg;
 

@@ -1,6 +1,7 @@
-//! A token's connection: the module lease, the slot, the logged-in anchor
-//! session and the signing pool; and the rules for making, dropping and
-//! remaking it.
+//! A token ([`Pkcs11Token`]) and its connection: the module lease, the
+//! slot, the logged-in anchor session and the signing pool; and the rules
+//! for making, dropping and remaking it. The operations (`generate`,
+//! `sign`, `objects`, `check`) are `impl Pkcs11Token` blocks of their own.
 //!
 //! Owns: finding the slot (by token label or slot id), logging in (PIN from
 //! the settings or re-read from `pin_file`), never resending a PIN the token
@@ -10,7 +11,8 @@
 //! Does not own: what the operations do (`generate`, `sign`, `objects`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use cryptoki::error::{Error as CkError, RvError};
@@ -22,9 +24,80 @@ use cryptoki::types::RawAuthPin;
 use super::error::{Pkcs11Error, breaks_connection, code_of};
 use super::module::{self, Lease, lock};
 use super::pool::{Checkout, Pool};
-use super::{Health, Pkcs11Token, TokenSelector};
+use super::settings::{Health, Pkcs11Settings, TokenSelector};
 use crate::keys::secret::SecretBytes;
 use crate::types::Kid;
+
+/// One configured PKCS#11 backend: a token in a vendor module.
+///
+/// Built without touching the token; the first call (or [`connect`]) loads
+/// the module, finds the slot and logs in. When the token answers that the
+/// session, login or device is bad, the connection is dropped and the next
+/// call makes a new one (after a failed attempt, at most one attempt a
+/// second). Private key handles are cached per kid for the life of a
+/// connection.
+///
+/// [`connect`]: Pkcs11Token::connect
+pub struct Pkcs11Token {
+    settings: Pkcs11Settings,
+    /// The live connection, if any. Calls clone the `Arc` and work without
+    /// holding the lock.
+    current: RwLock<Option<Arc<Connection>>>,
+    /// Health and reconnect timing; also serializes connection attempts,
+    /// so it is held while a connection is made (seconds, for a network
+    /// HSM out of reach).
+    status: Mutex<Status>,
+    /// A copy of `status.health`, updated with it and never held during a
+    /// token call: `/readyz` and the health loop read it on the async
+    /// runtime, which must not wait for a connection attempt.
+    seen: Mutex<Health>,
+    /// A PIN the token refused as incorrect, never sent again (tokens lock
+    /// themselves after a few wrong PINs).
+    refused_pin: Mutex<Option<SecretBytes>>,
+}
+
+impl Pkcs11Token {
+    /// A token for `settings`. Does not connect (never fails, never panics):
+    /// connection is lazy and retried.
+    pub fn new(settings: Pkcs11Settings) -> Self {
+        Pkcs11Token {
+            settings,
+            current: RwLock::new(None),
+            status: Mutex::new(Status::new()),
+            seen: Mutex::new(Status::new().health),
+            refused_pin: Mutex::new(None),
+        }
+    }
+
+    /// The backend name from the config.
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// Connects and logs in now if not connected (idempotent). Used at
+    /// start and by the daemon's health loop every few seconds.
+    ///
+    /// Errors: the reason the token is unusable (module, slot, login,
+    /// device), or [`Pkcs11Error::Down`] within a second of a failed attempt.
+    pub fn connect(&self) -> Result<(), Pkcs11Error> {
+        self.connection().map(|_| ())
+    }
+
+    /// Up, or Down with a one-line reason and since when.
+    pub fn health(&self) -> Health {
+        health(self)
+    }
+}
+
+impl fmt::Debug for Pkcs11Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pkcs11Token")
+            .field("name", &self.settings.name)
+            .field("module", &self.settings.module)
+            .field("token", &self.settings.token)
+            .finish_non_exhaustive()
+    }
+}
 
 /// After a failed connection attempt, calls fail fast (with the reason) for
 /// this long instead of hammering a dead token or its network.
@@ -175,12 +248,14 @@ impl Pkcs11Token {
                 }
                 status.health = Health::Up;
                 status.last_failure = None;
+                *lock(&self.seen) = Health::Up;
                 Ok(conn)
             }
             Err(e) => {
                 tracing::warn!(backend = %self.settings.name, error = %e, "PKCS#11 token unavailable");
                 status.down(e.to_string());
                 status.last_failure = Some(Instant::now());
+                *lock(&self.seen) = status.health.clone();
                 Err(e)
             }
         }
@@ -194,6 +269,9 @@ impl Pkcs11Token {
     pub fn mark_down(&self, reason: String) {
         if let Some(conn) = self.current_connection() {
             self.drop_connection(&conn, reason);
+            // Counted as a failed attempt: reconnects come at most once per
+            // RETRY_EVERY, not on every request that finds the key missing.
+            lock(&self.status).last_failure = Some(Instant::now());
         }
     }
 
@@ -217,6 +295,7 @@ impl Pkcs11Token {
             }
             tracing::warn!(backend = %self.settings.name, %reason, "PKCS#11 connection dropped; the next call reconnects");
             status.down(reason);
+            *lock(&self.seen) = status.health.clone();
             current.take()
         };
         // Closing sessions talks to the token: outside the locks.
@@ -362,7 +441,7 @@ impl Pkcs11Token {
 
 /// The token's health as last seen.
 pub(super) fn health(token: &Pkcs11Token) -> Health {
-    lock(&token.status).health.clone()
+    lock(&token.seen).clone()
 }
 
 #[cfg(test)]

@@ -12,8 +12,9 @@ use cryptoki::object::{Attribute, ObjectHandle};
 use cryptoki::session::Session;
 
 use super::connection::OpError;
+use super::connection::Pkcs11Token;
+use super::error::Pkcs11Error;
 use super::objects::{SECP384R1_PARAMS, TEMP_LABEL_PREFIX, read_public};
-use super::{Pkcs11Error, Pkcs11Token};
 use crate::keys::public::{PublicKey, RSA_BITS};
 use crate::types::{Alg, Kid};
 
@@ -94,22 +95,31 @@ pub(super) fn generate_pair(
     label: &[u8],
     token: bool,
 ) -> Result<(ObjectHandle, ObjectHandle), OpError> {
+    // Signing only: a token's defaults (SoftHSM's, for one) also let a
+    // private key decrypt and unwrap, and a public key encrypt and wrap.
     let mut public = vec![
         Attribute::Token(token),
         Attribute::Private(false),
         Attribute::Verify(true),
+        Attribute::Encrypt(false),
+        Attribute::Wrap(false),
         Attribute::Label(label.to_vec()),
         Attribute::Id(label.to_vec()),
     ];
-    let private = vec![
+    let mut private = vec![
         Attribute::Token(token),
         Attribute::Private(true),
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
         Attribute::Sign(true),
+        Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
         Attribute::Label(label.to_vec()),
         Attribute::Id(label.to_vec()),
     ];
+    if alg == Alg::Es384 {
+        private.push(Attribute::Derive(false));
+    }
     let mechanism = match alg {
         Alg::Rs384 => {
             public.push(Attribute::ModulusBits(u64::from(rsa_bits).into()));
@@ -128,7 +138,7 @@ pub(super) fn generate_pair(
 /// generations (or a leftover) never share a label.
 pub(super) fn temp_label() -> Result<String, String> {
     let mut random = [0u8; 8];
-    crate::keys::fill_random(&mut random).map_err(|e| e.to_string())?;
+    crate::keys::signing::fill_random(&mut random).map_err(|e| e.to_string())?;
     let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
     Ok(format!("{TEMP_LABEL_PREFIX}{hex}"))
 }

@@ -12,9 +12,10 @@ use cryptoki::object::{ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use sha2::{Digest, Sha384};
 
+use super::connection::Pkcs11Token;
 use super::connection::{Connection, OpError};
+use super::error::Pkcs11Error;
 use super::objects::{find_one, not_found};
-use super::{Pkcs11Error, Pkcs11Token};
 use crate::keys::public::ES384_SIGNATURE_LEN;
 use crate::types::{Alg, Kid};
 

@@ -23,6 +23,7 @@ use super::error::ckr_name;
 use super::objects::{ec_point_xy, is_jwksd_label, looks_like_kid};
 use super::*;
 use crate::keys::public::{ES384_SIGNATURE_LEN, PublicKey};
+use crate::keys::secret::SecretBytes;
 use crate::types::{Alg, Kid, SetName};
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
