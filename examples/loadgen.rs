@@ -423,8 +423,14 @@ async fn sign(
             (lat, ok, err)
         });
     }
+    report(tasks, &format!("mode=sign conns={conns}"), secs).await;
+}
+
+/// Gathers the clients' latencies (µs) and counts, and prints one line:
+/// `<what> ok= err= rate= p50_ms= p99_ms= max_ms=`.
+async fn report(mut tasks: tokio::task::JoinSet<(Vec<u32>, u64, u64)>, what: &str, secs: f64) {
     let mut lat = Vec::new();
-    let (mut ok, mut err) = (0, 0);
+    let (mut ok, mut err) = (0u64, 0u64);
     while let Some(r) = tasks.join_next().await {
         let (l, o, e) = r.expect("client task");
         lat.extend(l);
@@ -440,7 +446,7 @@ async fn sign(
         lat[i] as f64 / 1000.0
     };
     println!(
-        "mode=sign conns={conns} ok={ok} err={err} rate={:.1} p50_ms={:.3} p99_ms={:.3} max_ms={:.3}",
+        "{what} ok={ok} err={err} rate={:.1} p50_ms={:.3} p99_ms={:.3} max_ms={:.3}",
         ok as f64 / secs,
         pct(0.50),
         pct(0.99),
@@ -668,27 +674,10 @@ async fn tokens(
             (lat, ok, err)
         });
     }
-    let mut lat = Vec::new();
-    let (mut ok, mut err) = (0, 0);
-    while let Some(r) = tasks.join_next().await {
-        let (l, o, e) = r.expect("client task");
-        lat.extend(l);
-        ok += o;
-        err += e;
-    }
-    lat.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if lat.is_empty() {
-            return 0.0;
-        }
-        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
-        lat[i] as f64 / 1000.0
-    };
-    println!(
-        "mode=tokens fresh={fresh} conns={conns} ok={ok} err={err} rate={:.1} p50_ms={:.3} p99_ms={:.3} max_ms={:.3}",
-        ok as f64 / secs,
-        pct(0.50),
-        pct(0.99),
-        pct(1.0)
-    );
+    report(
+        tasks,
+        &format!("mode=tokens fresh={fresh} conns={conns}"),
+        secs,
+    )
+    .await;
 }
