@@ -692,3 +692,41 @@ async fn replicas_on_one_database_and_one_token_share_its_keys() {
     assert_eq!(verified_assertion(&replicas[0], "ES384").await, new);
     token_matches_the_store(&replicas[0], &dir0, &hsm, "after a rotation on replica 1").await;
 }
+
+/// The PIN from `JWKSD_PKCS11_PIN` instead of a file: the daemon logs in
+/// with it, and it is gone from the process's environment
+/// (`/proc/PID/environ`, which a removed variable would leave as it was).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_from_the_environment_logs_in_and_is_scrubbed_from_proc_environ() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let Some(hsm) = SoftHsm::new(dir) else { return };
+    write_hsm_files(dir, &hsm_policy(""));
+    let config = dir.join("jwksd.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("pin_file = \"hsm.pin\"\n", "");
+    std::fs::write(&config, text).unwrap();
+    std::fs::remove_file(dir.join("hsm.pin")).unwrap();
+    let conf = hsm.conf.display().to_string();
+    let d = Daemon::spawn_in_with_env(
+        dir,
+        &[],
+        &[("SOFTHSM2_CONF", conf.as_str()), ("JWKSD_PKCS11_PIN", PIN)],
+    )
+    .when_settled()
+    .await;
+    for alg in ["RS384", "ES384"] {
+        verified_assertion(&d, alg).await;
+    }
+    let environ = std::fs::read(format!("/proc/{}/environ", d.pid())).unwrap();
+    assert!(
+        !environ.windows(PIN.len()).any(|w| w == PIN.as_bytes()),
+        "the PIN is still in /proc/PID/environ"
+    );
+    assert!(
+        String::from_utf8_lossy(&environ).contains("SOFTHSM2_CONF="),
+        "environ was read"
+    );
+    pin_nowhere(dir);
+}

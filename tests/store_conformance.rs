@@ -295,6 +295,7 @@ conformance!(
     a_state_update_that_moves_no_row_is_stale_and_commits_nothing,
     a_unique_violation_on_an_update_is_stale_and_commits_nothing,
     token_keys_keep_a_reference_only_while_they_may_sign_and_never_a_blob,
+    keys_stored_before_migration_5_come_back_as_software_keys_with_their_blobs,
 );
 
 async fn reseal_replaces_every_private_half_and_the_fingerprint_at_once(db: &Db) {
@@ -544,6 +545,43 @@ async fn a_store_from_before_migration_4_migrates_and_its_unkeyed_chain_still_ve
             unkeyed: 3
         })
     );
+}
+
+async fn keys_stored_before_migration_5_come_back_as_software_keys_with_their_blobs(db: &Db) {
+    migrate_db_to_version_3(db).await;
+    let insert = |blob: &str, emergency: &str| {
+        format!(
+            "INSERT INTO keys (kid, set_name, alg, version, state, public_jwk, sealed_private, \
+             created_at, publish_at, activate_at, deactivate_at, retire_at, emergency) VALUES \
+             ('default-rs384-v1-abcdefgh', 'default', 'RS384', 1, 'retiring', '{{}}', NULL, 0, 0, 0, 50, 900, {emergency}), \
+             ('default-rs384-v2-abcdefgh', 'default', 'RS384', 2, 'active', '{{}}', {blob}, 0, 0, 50, NULL, NULL, {emergency}), \
+             ('default-rs384-v3-abcdefgh', 'default', 'RS384', 3, 'pending', '{{}}', {blob}, 60, 60, 200, NULL, NULL, {emergency});"
+        )
+    };
+    db.run_sql(
+        &insert("X'0A0B0C'", "0"),
+        &insert("'\\x0a0b0c'::bytea", "FALSE"),
+    )
+    .await;
+    let s = db.open().await;
+    let keys = s.keys().await.unwrap();
+    assert_eq!(keys.len(), 3);
+    for k in &keys {
+        assert_eq!(
+            (k.backend.as_str(), &k.backend_ref),
+            ("software", &None),
+            "{}",
+            k.kid
+        );
+        let blob = k.state.holds_private().then(|| vec![0x0a, 0x0b, 0x0c]);
+        assert_eq!(k.sealed_private, blob, "{}", k.kid);
+    }
+    // The rebuilt table keeps its rules: one active key, and a rotation
+    // still erases the old signer's blob.
+    apply(&s, activate(3, 200, false)).await;
+    let v2 = get(&s, &kid(RS, 2)).await;
+    assert_eq!((v2.state, v2.sealed_private), (KeyState::Retiring, None));
+    assert_eq!(active_count(&s, RS).await, 1);
 }
 
 async fn versions_count_up_by_one_per_set_and_alg(db: &Db) {

@@ -174,6 +174,12 @@ impl Backends {
                 pin_file: p.pin_file.clone(),
                 sessions: p.sessions,
             }));
+            if p.orphan_grace < Duration::from_secs(60) {
+                tracing::warn!(
+                    backend = %table.name, orphan_grace_s = p.orphan_grace.as_secs(),
+                    "orphan_grace under a minute: a key another replica has just generated in a slow token may be destroyed before it is recorded (the default is 15m)"
+                );
+            }
             tokens.push((token, p.orphan_grace));
         }
         Ok(Backends::new(tokens))
