@@ -50,12 +50,13 @@ pub struct Pkcs11Config {
     pub orphan_grace: Duration,
 }
 
-/// Which token of the module.
+/// Which token of the module (the driver finds it by this too).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenChoice {
-    /// The token whose label is this (`token_label`).
+    /// The slot whose token has this label (`token_label`): survives slot
+    /// renumbering, the usual choice.
     Label(String),
-    /// The token in this slot id (`slot`).
+    /// This slot id (`slot`).
     Slot(u64),
 }
 

@@ -9,16 +9,15 @@
 //! records about a key.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::path::PathBuf;
-
 use super::material::{KeyError, PublicKey};
 use super::owner_file::{OwnerFileError, pin_from, read_pin_file};
-use super::pkcs11::{Pkcs11Settings, Pkcs11Token, TokenSelector};
+use super::pkcs11::{Pkcs11Settings, Pkcs11Token};
 use super::secret::SecretBytes;
-use crate::config::backends::{PKCS11_PIN_ENV, TokenChoice};
+use crate::config::backends::PKCS11_PIN_ENV;
 use crate::config::daemon::Config;
 use crate::config::policy::SOFTWARE_BACKEND;
 use crate::types::{Alg, Kid};
@@ -166,10 +165,7 @@ impl Backends {
             let token = Arc::new(Pkcs11Token::new(Pkcs11Settings {
                 name: table.name.clone(),
                 module: p.module.clone(),
-                token: match &p.token {
-                    TokenChoice::Label(label) => TokenSelector::Label(label.clone()),
-                    TokenChoice::Slot(slot) => TokenSelector::Slot(*slot),
-                },
+                token: p.token.clone(),
                 pin,
                 pin_file: p.pin_file.clone(),
                 sessions: p.sessions,

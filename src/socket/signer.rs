@@ -35,7 +35,9 @@ pub(super) async fn sign_jwt(
     header: JwtHeader,
     claims: AssertionClaims,
 ) -> Result<String, ApiError> {
-    let backend = signer.backend().to_owned();
+    // A handle for the error path (a reference count, not a copy of the
+    // backend's name on every signature).
+    let key = Arc::clone(&signer);
     let signed = if signer.signs_inline() {
         encode_jws(&header, &claims, |input| signer.sign(input))
     } else {
@@ -46,7 +48,7 @@ pub(super) async fn sign_jwt(
             .map_err(ApiError::internal)?
     };
     signed.map_err(|e| {
-        state.metrics.backend_error(&backend);
+        state.metrics.backend_error(key.backend());
         sign_error(e)
     })
 }

@@ -24,7 +24,7 @@ use cryptoki::types::RawAuthPin;
 use super::error::{Pkcs11Error, breaks_connection, code_of};
 use super::module::{self, Lease, lock};
 use super::pool::{Checkout, Pool};
-use super::settings::{Health, Pkcs11Settings, TokenSelector};
+use super::settings::{Health, Pkcs11Settings, TokenChoice};
 use crate::keys::secret::SecretBytes;
 use crate::types::Kid;
 
@@ -366,7 +366,7 @@ impl Pkcs11Token {
         };
         let slots = lease.pkcs11().get_slots_with_token().map_err(list_error)?;
         match &s.token {
-            TokenSelector::Slot(id) => {
+            TokenChoice::Slot(id) => {
                 slots
                     .into_iter()
                     .find(|slot| slot.id() == *id)
@@ -376,7 +376,7 @@ impl Pkcs11Token {
                         module: s.module.clone(),
                     })
             }
-            TokenSelector::Label(label) => {
+            TokenChoice::Label(label) => {
                 for slot in slots {
                     // A slot whose token cannot be read is not ours to fail on.
                     if let Ok(info) = lease.pkcs11().get_token_info(slot)

@@ -29,7 +29,7 @@ mod sign;
 pub use check::{Check, CheckReport};
 pub use connection::Pkcs11Token;
 pub use error::Pkcs11Error;
-pub use settings::{Health, Pkcs11Settings, PrivateAttributes, TokenObject, TokenSelector};
+pub use settings::{Health, Pkcs11Settings, PrivateAttributes, TokenChoice, TokenObject};
 
 #[cfg(test)]
 mod tests;

@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+pub use crate::config::backends::TokenChoice;
 use crate::keys::secret::SecretBytes;
 
 /// What a `[backends.NAME] kind = "pkcs11"` table resolves to.
@@ -16,7 +17,7 @@ pub struct Pkcs11Settings {
     /// The vendor's PKCS#11 module (`.so`).
     pub module: PathBuf,
     /// Which token of the module.
-    pub token: TokenSelector,
+    pub token: TokenChoice,
     /// The user PIN, already read by the config (`pin_file` or
     /// `JWKSD_PKCS11_PIN`).
     pub pin: SecretBytes,
@@ -48,16 +49,6 @@ impl fmt::Debug for Pkcs11Settings {
             .field("sessions", &self.sessions)
             .finish()
     }
-}
-
-/// How the token is found among the module's slots.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenSelector {
-    /// The slot whose token has this label (`token_label`): survives slot
-    /// renumbering, the usual choice.
-    Label(String),
-    /// This slot id (`slot`).
-    Slot(u64),
 }
 
 /// Whether the token is usable, for `/readyz` and 503 messages.

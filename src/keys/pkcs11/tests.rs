@@ -42,7 +42,7 @@ impl Fixture {
         Pkcs11Settings {
             name: name.to_owned(),
             module: PathBuf::from(MODULE),
-            token: TokenSelector::Label(LABEL.to_owned()),
+            token: TokenChoice::Label(LABEL.to_owned()),
             pin: SecretBytes::copy_from(pin.as_bytes()),
             pin_file: None,
             sessions: 4,
@@ -502,7 +502,7 @@ fn wrong_pin_is_refused_with_ckr_pin_incorrect_not_resent_and_a_fixed_pin_file_i
 fn unknown_token_label_gives_a_clear_not_found_error() {
     with_softhsm("unknown_token_label_gives_a_clear_not_found_error", |fx| {
         let mut settings = fx.settings("hsm", PIN);
-        settings.token = TokenSelector::Label("nope".to_owned());
+        settings.token = TokenChoice::Label("nope".to_owned());
         let token = Pkcs11Token::new(settings);
         let err = token.connect().unwrap_err();
         assert_eq!(
@@ -513,7 +513,7 @@ fn unknown_token_label_gives_a_clear_not_found_error() {
         assert!(matches!(token.health(), Health::Down { .. }));
 
         let mut settings = fx.settings("hsm", PIN);
-        settings.token = TokenSelector::Slot(4242);
+        settings.token = TokenChoice::Slot(4242);
         let err = Pkcs11Token::new(settings).connect().unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -831,7 +831,7 @@ fn settings_debug_never_shows_the_pin() {
     let settings = Pkcs11Settings {
         name: "hsm".into(),
         module: MODULE.into(),
-        token: TokenSelector::Slot(0),
+        token: TokenChoice::Slot(0),
         pin: SecretBytes::copy_from(b"s3cr3t-pin"),
         pin_file: None,
         sessions: 2,
